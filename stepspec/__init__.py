@@ -1,0 +1,23 @@
+"""stepspec: the executable specification of RLLC, MetaOptimize, the Trainable Optimizer and ELRA.
+
+``stepspec.reference`` holds the NumPy float64 reference, ``stepspec.problems`` the test problems,
+``stepspec.conformance`` the suite any implementation can be run against (spec/conformance.md).
+"""
+
+from ._core import Observation, iterate, run, state_fields
+from .errors import HyperparameterError, NotationError, ObservationError, StateError, StepspecError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HyperparameterError",
+    "NotationError",
+    "Observation",
+    "ObservationError",
+    "StateError",
+    "StepspecError",
+    "__version__",
+    "iterate",
+    "run",
+    "state_fields",
+]

@@ -1,0 +1,234 @@
+"""The catalogue: one row per algorithm (spec/conformance.md#catalogue).
+
+A row holds what the spec pages cannot: sampling boxes for the hypothesis strategies, named sample
+configurations (the paper's Table 1 among them), strategies for hyperparameters whose domain is
+prose (matrices, memory rules), hand-written error inputs and the conditioning of one step, which
+the tolerance policy needs. Domains, defaults and state fields come from the spec page itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from hypothesis import strategies as st
+
+from .. import spec
+from ..errors import HyperparameterError
+from ..reference import propagators as props
+from . import strategies
+from .error_inputs import ErrorInput, Phase
+
+
+@dataclass(frozen=True)
+class MemoryRuleSpec:
+    """U(M, H, g) = (M B + g aᵀ)/(1 + decay·H) + curvature·S(M) C, H' = H + 1, S(M) = M∘M/(1 + M∘M).
+
+    A non-linear memory rule with a hidden state (a step counter), for Lemma 3.8 and the generic
+    ``rllc``; S is bounded, so the memory stays bounded when ρ(B) < 1. Written with + * / @ and
+    indexing only, so ``build`` runs on any backend's arrays; decay = curvature = 0 is the linear
+    rule (R4).
+    """
+
+    B: np.ndarray
+    a: np.ndarray
+    C: np.ndarray
+    decay: float = 0.0
+    curvature: float = 0.0
+
+    @property
+    def k(self) -> int:
+        return self.B.shape[0]
+
+    def build(self, backend) -> Callable:
+        B, C = backend.asarray(self.B), backend.asarray(self.C)
+        a_row = backend.asarray(self.a.reshape(1, -1))
+        decay, curvature = self.decay, self.curvature
+
+        def rule(M, H, g):
+            linear = M @ B + g[:, None] * a_row
+            squashed = (M * M) / (1.0 + M * M)
+            return linear * (1.0 / (1.0 + decay * H)) + curvature * (squashed @ C), H + 1.0
+
+        return rule
+
+
+def memory_conditioning(state: Mapping) -> float:
+    """κ(M)² over the non-zero singular values: the sensitivity of the law step M⁺g (least squares)."""
+    sigma = np.linalg.svd(state["M"], compute_uv=False)
+    kept = sigma[sigma > max(state["M"].shape) * np.finfo(np.float64).eps * sigma.max(initial=0.0)]
+    return float((kept.max() / kept.min()) ** 2) if kept.size else 1.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    desc: str
+    hyperparameters: Mapping
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    algo: str
+    ranges: Mapping[str, tuple]  # sampling box per interval hyperparameter (one box per factor for products)
+    samples: tuple[Sample, ...]
+    described: Callable | None = None  # () -> strategy of the prose-domain hyperparameters, jointly
+    extra_error_inputs: tuple[ErrorInput, ...] = ()
+    step_conditioning: Callable[[Mapping], float] = field(default=lambda state: 1.0)
+
+    @property
+    def spec(self) -> spec.Section:
+        return spec.section(self.algo)
+
+    @property
+    def family(self) -> str:
+        return self.spec.page.removesuffix(".md")
+
+    def with_defaults(self, hyperparameters: Mapping) -> dict:
+        """``hyperparameters`` completed with the spec's literal defaults."""
+        defaults = {h.name: h.default for h in self.spec.hyperparameters
+                    if h.default not in (spec.REQUIRED, spec.COMPUTED)}
+        return {**defaults, **hyperparameters}
+
+    def materialize(self, hyperparameters: Mapping, backend) -> dict:
+        """Host hyperparameters as the backend's constructor takes them: a ``MemoryRuleSpec`` becomes
+        a rule on the backend's arrays; everything else is passed as is."""
+        return {k: (v.build(backend) if isinstance(v, MemoryRuleSpec) else v) for k, v in hyperparameters.items()}
+
+
+# --------------------------------------------------------------------------- prose-domain strategies
+
+
+@st.composite
+def _lm_rllc_described(draw):
+    p = draw(strategies.propagators())
+    values = {"B": p.B, "a": p.a}
+    if draw(st.booleans()):
+        values["L0"] = draw(strategies.vectors(p.B.shape[0], scale=0.3))
+    return values
+
+
+@st.composite
+def _linear_memory_described(draw):
+    p = draw(strategies.propagators())
+    return {"B": p.B, "a": p.a, "L": draw(strategies.vectors(p.B.shape[0], scale=0.1))}
+
+
+@st.composite
+def _rllc_described(draw):
+    p = draw(strategies.propagators(max_k=3))
+    k = p.B.shape[0]
+    rule = MemoryRuleSpec(
+        p.B,
+        p.a,
+        draw(strategies.vectors(k * k, scale=0.1)).reshape(k, k),
+        decay=draw(st.floats(0.0, 0.2)),
+        curvature=draw(st.floats(0.0, 0.2)),
+    )
+    return {"rule": rule, "L0": draw(strategies.vectors(k, scale=0.3)), "H0": 0.0}
+
+
+# --------------------------------------------------------------------------- rows
+
+_ADAPTIVE_RANGES = {"lr": (1e-4, 0.1), "eps": (1e-10, 1e-4), "weight_decay": (0.0, 0.1)}
+_NAG_LAW = props.propagator("M(0.9) ⊕ M(0)")
+_EXAMPLE_RULE = MemoryRuleSpec(_NAG_LAW.B, _NAG_LAW.a, 0.05 * np.ones((2, 2)), decay=0.1, curvature=0.1)
+
+
+def _propagator_error_inputs(law_name: str, law: np.ndarray) -> tuple[ErrorInput, ...]:
+    """B and a of eq. (1), and a law of the wrong length; the base sample uses M(0.9) ⊕ M(0)."""
+    construct = Phase.CONSTRUCT
+    return (
+        ErrorInput("B with spectral radius 1", construct, HyperparameterError, "B",
+                   hyperparameters={"B": np.diag([1.0, 0.5])}),
+        ErrorInput("B with spectral radius 1.8, every entry < 1", construct, HyperparameterError,
+                   "B", hyperparameters={"B": np.array([[0.9, 0.9], [0.9, 0.9]])}),
+        ErrorInput("B not square", construct, HyperparameterError, "B", hyperparameters={"B": np.zeros((2, 3))}),
+        ErrorInput("B with NaN", construct, HyperparameterError, "B",
+                   hyperparameters={"B": np.array([[np.nan, 0.0], [0.0, 0.0]])}),
+        ErrorInput("a of the wrong length", construct, HyperparameterError, "a", hyperparameters={"a": np.ones(3)}),
+        ErrorInput("a with Inf", construct, HyperparameterError, "a", hyperparameters={"a": np.array([1.0, np.inf])}),
+        ErrorInput(f"{law_name} of the wrong length", construct, HyperparameterError, law_name,
+                   hyperparameters={law_name: np.append(law, 0.0)}),
+        ErrorInput(f"{law_name} with NaN", construct, HyperparameterError, law_name,
+                   hyperparameters={law_name: np.array([np.nan, 0.0])}),
+    )
+
+
+def _wrong_shape_rule(M, H, g):
+    return M[:, :1], H
+
+
+def _non_finite_rule(M, H, g):
+    return M * float("nan"), H
+
+
+_RLLC_ERROR_INPUTS = (
+    ErrorInput("rule not callable", Phase.CONSTRUCT, HyperparameterError, "rule", hyperparameters={"rule": 3.0}),
+    ErrorInput("L0 empty", Phase.CONSTRUCT, HyperparameterError, "L0", hyperparameters={"L0": np.zeros(0)}),
+    ErrorInput("L0 a matrix", Phase.CONSTRUCT, HyperparameterError, "L0", hyperparameters={"L0": np.zeros((2, 2))}),
+    ErrorInput("rule returns M of the wrong shape", Phase.STEP, HyperparameterError, "rule",
+               hyperparameters={"rule": _wrong_shape_rule}, observation=lambda obs: obs, check_G=False),
+    ErrorInput("rule returns a non-finite M", Phase.STEP, HyperparameterError, "rule",
+               hyperparameters={"rule": _non_finite_rule}, observation=lambda obs: obs, check_G=False),
+)
+
+CATALOG: dict[str, AlgorithmInfo] = {
+    info.algo: info
+    for info in (
+        AlgorithmInfo("sgd", {"lr": (1e-3, 1.0)}, (Sample("lr 0.1", {"lr": 0.1}),)),
+        AlgorithmInfo(
+            "momentum", {"lr": (1e-3, 1.0), "beta": (0.0, 0.99)}, (Sample("lr 0.1, β 0.9", {"lr": 0.1, "beta": 0.9}),)
+        ),
+        AlgorithmInfo(
+            "nag", {"lr": (1e-3, 1.0), "beta": (0.0, 0.99)}, (Sample("lr 0.1, β 0.9", {"lr": 0.1, "beta": 0.9}),)
+        ),
+        AlgorithmInfo(
+            "adam",
+            {**_ADAPTIVE_RANGES, "betas": ((0.0, 0.99), (0.5, 0.9999))},
+            (Sample("lr 0.01, λ 0.01", {"lr": 0.01, "weight_decay": 0.01}), Sample("lr 0.01", {"lr": 0.01})),
+        ),
+        AlgorithmInfo(
+            "adamw",
+            {**_ADAPTIVE_RANGES, "betas": ((0.0, 0.99), (0.5, 0.9999))},
+            (Sample("lr 0.01, default λ", {"lr": 0.01}), Sample("lr 0.01, λ 0", {"lr": 0.01, "weight_decay": 0.0})),
+        ),
+        AlgorithmInfo(
+            "rmsprop",
+            {**_ADAPTIVE_RANGES, "alpha": (0.5, 0.999)},
+            (Sample("lr 0.01, λ 0.01", {"lr": 0.01, "weight_decay": 0.01}), Sample("lr 0.01", {"lr": 0.01})),
+        ),
+        AlgorithmInfo(
+            "lion",
+            {"lr": (1e-4, 0.1), "weight_decay": (0.0, 0.1), "betas": ((0.0, 0.99), (0.0, 0.999))},
+            (Sample("lr 0.01, λ 0.01", {"lr": 0.01, "weight_decay": 0.01}), Sample("lr 0.01", {"lr": 0.01})),
+        ),
+        AlgorithmInfo(
+            "lm_rllc",
+            {"c1": (1e-3, 0.3), "c2": (0.0, 0.1), "eps": (0.0, 1e-6)},
+            tuple(
+                Sample(notation, {"B": p.B, "a": p.a, "c1": 0.05, "c2": 0.01})
+                for notation, p in ((t, props.propagator(t)) for t in ("M(0.9) ⊕ M(0.0)",) + props.TABLE_1)
+            ),
+            described=_lm_rllc_described,
+            extra_error_inputs=_propagator_error_inputs("L0", np.array([0.1, 0.1])),
+            step_conditioning=memory_conditioning,
+        ),
+        AlgorithmInfo(
+            "rllc",
+            {"c1": (1e-3, 0.3), "c2": (0.0, 0.1), "eps": (0.0, 1e-6)},
+            (Sample("non-linear rule on M(0.9) ⊕ M(0)", {"rule": _EXAMPLE_RULE, "c1": 0.05, "c2": 0.01,
+                                                          "L0": np.array([0.1, 0.1]), "H0": 0.0}),),
+            described=_rllc_described,
+            extra_error_inputs=_RLLC_ERROR_INPUTS,
+            step_conditioning=memory_conditioning,
+        ),
+        AlgorithmInfo(
+            "linear_memory",
+            {},
+            (Sample("NAG law on M(0.9) ⊕ M(0)", {"B": _NAG_LAW.B, "a": _NAG_LAW.a, "L": np.array([0.09, 0.1])}),),
+            described=_linear_memory_described,
+            extra_error_inputs=_propagator_error_inputs("L", np.array([0.09, 0.1])),
+        ),
+    )
+}

@@ -1,0 +1,123 @@
+"""Driving a backend from the suite: construction, host ↔ native conversion of observations and
+states, and runs. Expected values always come from the NumPy reference and are converted only at
+the boundary (spec/conformance.md#discipline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import spec
+from .._core import Observation, observe
+from ..backends.reference import BACKEND as REFERENCE
+
+
+def state_field_names(algo: str) -> tuple[str, ...]:
+    return tuple(f.name for f in spec.section(algo).state_fields)
+
+
+def _host(backend, value):
+    if value is None or isinstance(value, (bool, int, float, np.integer, np.floating)):
+        return value
+    return np.array(backend.to_numpy(value), dtype=np.float64)
+
+
+def state_to_host(backend, algo: str, s) -> dict:
+    """The spec's state fields of ``s`` as host values (float64 arrays, ints, None)."""
+    return {name: _host(backend, getattr(s, name)) for name in state_field_names(algo)}
+
+
+def state_to_native(backend, fields: dict) -> dict:
+    """Host state fields as ``init`` overrides for ``backend``."""
+    return {
+        name: backend.asarray(value) if isinstance(value, np.ndarray) else value for name, value in fields.items()
+    }
+
+
+def native_observation(backend, obs: Observation) -> Observation:
+    hvp = obs.hvp
+    if hvp is not None:
+        host_hvp = hvp
+
+        def hvp(v):
+            return backend.asarray(host_hvp(np.asarray(backend.to_numpy(v), dtype=np.float64)))
+
+    return Observation(
+        grad=None if obs.grad is None else backend.asarray(obs.grad),
+        params=None if obs.params is None else backend.asarray(obs.params),
+        loss=obs.loss,
+        hvp=hvp,
+    )
+
+
+def to_host_vector(backend, x) -> np.ndarray:
+    return np.array(backend.to_numpy(x), dtype=np.float64).reshape(-1)
+
+
+@dataclass
+class Run:
+    """A run on host values: θ_0 … θ_T, S_0 … S_T (spec fields), obs_1 … obs_T and G_1 … G_T."""
+
+    thetas: list = field(default_factory=list)
+    states: list = field(default_factory=list)
+    observations: list = field(default_factory=list)
+    deltas: list = field(default_factory=list)
+
+
+def _drive(backend, algo: str, optimizer, observe_at, theta0: np.ndarray, steps: int, initial_state) -> Run:
+    """θ_0 … θ_T on the backend, with obs_t = observe_at(t, θ_{t-1} on the host)."""
+    theta = backend.asarray(theta0)
+    s = optimizer.init(theta, **state_to_native(backend, initial_state or {}))
+    out = Run([np.array(theta0, dtype=np.float64)], [state_to_host(backend, algo, s)])
+    for t in range(1, steps + 1):
+        host_obs = observe_at(t, out.thetas[-1])
+        obs = native_observation(backend, host_obs)
+        s = optimizer.F(s, obs)
+        delta = optimizer.G(s, obs)
+        theta = theta + delta
+        out.observations.append(host_obs)
+        out.deltas.append(to_host_vector(backend, delta))
+        out.states.append(state_to_host(backend, algo, s))
+        out.thetas.append(to_host_vector(backend, theta))
+    return out
+
+
+def run(backend, algo: str, optimizer, problem, theta0: np.ndarray, steps: int, initial_state=None) -> Run:
+    """Run ``optimizer`` (made by ``backend``) for ``steps`` steps in closed loop: the problem is
+    evaluated on the host at the backend's own iterate, and nothing is re-synchronised."""
+
+    def observe_at(t, theta):
+        return observe(problem.batch(t) if hasattr(problem, "batch") else problem, theta, optimizer.needs)
+
+    return _drive(backend, algo, optimizer, observe_at, theta0, steps, initial_state)
+
+
+def open_loop(backend, algo: str, optimizer, gradients, theta0: np.ndarray, initial_state=None) -> Run:
+    """Feed a fixed gradient stream g_1 … g_T (open loop: g_t does not depend on θ); for properties of
+    F alone. θ still moves by G so that ``params`` is meaningful."""
+
+    def observe_at(t, theta):
+        params = theta if "params" in optimizer.needs else None
+        return Observation(grad=np.asarray(gradients[t - 1], dtype=np.float64), params=params)
+
+    return _drive(backend, algo, optimizer, observe_at, theta0, len(gradients), initial_state)
+
+
+def construct(backend, info, hyperparameters: dict):
+    """The backend's optimizer for catalogue row ``info`` with host ``hyperparameters``."""
+    return backend.algorithms[info.algo](**info.materialize(hyperparameters, backend))
+
+
+def finite_run(run_: Run, bound: float = 1e30) -> bool:
+    """True when a run stayed finite and bounded; properties compare only such runs (a diverging
+    reference run says nothing about conformance, and its gradients would be rejected as non-finite)."""
+    return all(np.all(np.abs(theta) < bound) for theta in run_.thetas)
+
+
+
+def problem_conditioning(problem) -> float:
+    """L/μ of a strongly convex problem, else 1: how much a perturbation of θ can be amplified
+    relative to the trajectory's scale over a stable run (spec/tolerances.md)."""
+    mu = getattr(problem, "strong_convexity", None)
+    return problem.smoothness / mu if mu else 1.0

@@ -1,0 +1,508 @@
+"""RLLC family properties (spec/rllc.md#reductions-and-invariances): fixed-law reductions, the
+basis invariances, abstract rules, the geometry of the RLLC step, complex momentum and the relaxed
+inverse. Targets are closed forms computed here or the reference's classical optimizers, never the
+backend's own RLLC code."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from ..backends.reference import BACKEND as REFERENCE
+from ..errors import HyperparameterError
+from ..reference import propagators as props
+from ..reference.rllc import unit_gain_law
+from .assertions import Context, assert_close, assert_holds, assert_series_close
+from .catalog import CATALOG, MemoryRuleSpec
+from .harness import construct, finite_run, open_loop, problem_conditioning, run
+from .strategies import (
+    full_rank_memories,
+    gradient_sequences,
+    horizons,
+    invertible_matrices,
+    orthogonal_matrices,
+    problems,
+    propagators,
+    seeds,
+    vectors,
+)
+from .tolerance import tolerance
+
+
+def _optimizer(backend, algo, hp):
+    return construct(backend, CATALOG[algo], hp)
+
+
+def _run(backend, algo, hp, problem, theta0, steps, initial_state=None):
+    return run(backend, algo, _optimizer(backend, algo, hp), problem, theta0, steps, initial_state)
+
+
+def _reference(algo, hp, problem, theta0, steps, initial_state=None):
+    result = _run(REFERENCE, algo, hp, problem, theta0, steps, initial_state)
+    assume(finite_run(result))
+    return result
+
+
+def _condition(M) -> float:
+    sigma = np.linalg.svd(M, compute_uv=False)
+    return float(sigma.max() / sigma.min()) if sigma.min() > 0 else math.inf
+
+
+@st.composite
+def _closed_loop(draw, n=None):
+    """(problem, θ_0, T): a run in closed loop on a problem with L ≈ 1."""
+    problem = draw(problems(n=n), label="problem")
+    return problem, draw(vectors(problem.n), label="theta0"), draw(horizons(), label="steps")
+
+
+# --------------------------------------------------------------------------- fixed laws (Sec. 4, App. A)
+
+
+@pytest.mark.algo("linear_memory")
+@given(beta=st.floats(0.0, 0.99), lr=st.floats(1e-3, 1.0), a=st.floats(0.1, 3.0), flip=st.booleans(),
+       case=_closed_loop())
+def test_linear_memory_k1_is_momentum(backend, record, beta, lr, a, flip, case):
+    """k = 1: L(β, a, L) is momentum with decay β and learning rate a·L; its unit is a·m."""
+    problem, theta0, steps = case
+    a = -a if flip else a
+    hp = {"B": np.array([[beta]]), "a": np.array([a]), "L": np.array([lr / a])}
+    ctx = Context("linear_memory", "linear_memory_k1_is_momentum", hp)
+    target = _reference("momentum", {"lr": lr, "beta": beta}, problem, theta0, steps)
+    mine = _run(backend, "linear_memory", hp, problem, theta0, steps)
+    tol = tolerance(backend.dtype, steps, problem_conditioning(problem))
+    assert_series_close(mine.thetas, target.thetas, tol=tol, what="theta", ctx=ctx, record=record)
+    assert_series_close([s["M"][:, 0] for s in mine.states], [a * s["m"] for s in target.states], tol=tol,
+                        what="M[:, 0] vs a·m", ctx=ctx, record=record)
+
+
+@pytest.mark.algo("linear_memory")
+@pytest.mark.parametrize("law", ["sgd", "momentum", "nag"])
+@given(beta=st.floats(0.0, 0.99), c=st.floats(1e-3, 1.0), case=_closed_loop())
+def test_fixed_laws_sgd_momentum_nag(backend, record, law, beta, c, case):
+    """On M(β) ⊕ M(0) the laws (0, c), (c, 0), (cβ, c) are SGD, momentum and NAG with learning rate c
+    (Lemma 4.1, App. A), in torch's convention."""
+    problem, theta0, steps = case
+    p = props.direct_sum(props.jordan(beta), props.jordan(0.0))
+    L = {"sgd": (0.0, c), "momentum": (c, 0.0), "nag": (c * beta, c)}[law]
+    hp = {"B": p.B, "a": p.a, "L": np.array(L)}
+    ctx = Context("linear_memory", f"fixed_laws_sgd_momentum_nag[{law}]", hp)
+    target_hp = {"lr": c} if law == "sgd" else {"lr": c, "beta": beta}
+    target = _reference(law, target_hp, problem, theta0, steps)
+    mine = _run(backend, "linear_memory", hp, problem, theta0, steps)
+    tol = tolerance(backend.dtype, steps, problem_conditioning(problem))
+    assert_series_close(mine.thetas, target.thetas, tol=tol, what="theta", ctx=ctx, record=record)
+    assert_series_close([s["M"][:, 1] for s in mine.states[1:]], [o.grad for o in target.observations], tol=tol,
+                        what="M(0) unit vs g_t", ctx=ctx, record=record, first_t=1)
+
+
+@pytest.mark.algo("lm_rllc")
+@given(p=propagators(), c1=st.floats(1e-3, 0.3), eps=st.sampled_from([0.0, 1e-8]), default_law=st.booleans(),
+       law_seed=seeds(), case=_closed_loop())
+def test_zero_meta_rate_is_fixed_law(backend, record, p, c1, eps, default_law, law_seed, case):
+    """lm_rllc with c2 = 0 is linear_memory with the law c1·L0 (Def. 5.1 multiplies by c1, Sec. 4 does
+    not); the law never moves. Without L0 the default unit-gain law is used."""
+    problem, theta0, steps = case
+    k = p.B.shape[0]
+    L0 = unit_gain_law(p.B, p.a) if default_law else 0.3 * np.random.default_rng(law_seed).standard_normal(k)
+    hp = {"B": p.B, "a": p.a, "c1": c1, "c2": 0.0, "eps": eps, **({} if default_law else {"L0": L0})}
+    ctx = Context("lm_rllc", "zero_meta_rate_is_fixed_law", hp)
+    target = _reference("linear_memory", {"B": p.B, "a": p.a, "L": c1 * L0}, problem, theta0, steps)
+    mine = _run(backend, "lm_rllc", hp, problem, theta0, steps)
+    tol = tolerance(backend.dtype, steps, problem_conditioning(problem))
+    assert_series_close(mine.thetas, target.thetas, tol=tol, what="theta", ctx=ctx, record=record)
+    assert_series_close([s["L"] for s in mine.states], [L0] * len(mine.states), tol=tol, what="L", ctx=ctx,
+                        record=record)
+
+
+@pytest.mark.algo("lm_rllc")
+@given(c1=st.floats(1e-3, 0.5), c2=st.floats(0.0, 0.2), L0=st.floats(0.2, 2.0), case=_closed_loop())
+def test_m0_rllc_is_adaptive_sgd(backend, record, c1, c2, L0, case):
+    """M(0) with RLLC: M_t = g_t, L_t = L_{t-1} + c2⟨g_{t-1}, g_t⟩/‖g_{t-1}‖² (L_1 = L_0),
+    θ_t = θ_{t-1} − c1 L_t g_t."""
+    problem, theta0, steps = case
+    hp = {"B": np.zeros((1, 1)), "a": np.ones(1), "c1": c1, "c2": c2, "L0": np.array([L0]), "eps": 0.0}
+    ctx = Context("lm_rllc", "m0_rllc_is_adaptive_sgd", hp)
+    thetas, laws, law, previous = [np.array(theta0)], [L0], L0, None
+    for t in range(1, steps + 1):
+        f_t = problem.batch(t) if hasattr(problem, "batch") else problem
+        g = f_t.grad(thetas[-1])
+        if previous is not None and previous @ previous > 0:
+            law = law + c2 * (previous @ g) / (previous @ previous)
+        thetas.append(thetas[-1] - c1 * law * g)
+        laws.append(law)
+        previous = g
+    assume(all(np.all(np.abs(x) < 1e30) for x in thetas))
+    mine = _run(backend, "lm_rllc", hp, problem, theta0, steps)
+    tol = tolerance(backend.dtype, steps, problem_conditioning(problem))
+    assert_series_close(mine.thetas, thetas, tol=tol, what="theta", ctx=ctx, record=record)
+    assert_series_close([s["L"] for s in mine.states], [np.array([x]) for x in laws], tol=tol, what="L", ctx=ctx,
+                        record=record)
+
+
+@pytest.mark.algo("rllc")
+@given(p=propagators(max_k=3), c1=st.floats(1e-3, 0.3), c2=st.floats(0.0, 0.1), eps=st.sampled_from([0.0, 1e-8]),
+       law_seed=seeds(), case=_closed_loop())
+def test_linear_rule_is_lm_rllc(backend, record, p, c1, c2, eps, law_seed, case):
+    """rllc with the linear rule (R4) and no hidden dynamics is lm_rllc (Def. 5.1 is Def. 3.2 with eq. 1)."""
+    problem, theta0, steps = case
+    k = p.B.shape[0]
+    L0 = 0.3 * np.random.default_rng(law_seed).standard_normal(k)
+    rule = MemoryRuleSpec(p.B, p.a, np.zeros((k, k)))
+    hp = {"rule": rule, "c1": c1, "c2": c2, "L0": L0, "eps": eps, "H0": 0.0}
+    ctx = Context("rllc", "linear_rule_is_lm_rllc", hp)
+    target = _reference("lm_rllc", {"B": p.B, "a": p.a, "c1": c1, "c2": c2, "L0": L0, "eps": eps}, problem, theta0,
+                        steps)
+    mine = _run(backend, "rllc", hp, problem, theta0, steps)
+    conditioning = max(CATALOG["rllc"].step_conditioning(s) for s in target.states) * problem_conditioning(problem)
+    tol = tolerance(backend.dtype, steps, conditioning)
+    assert_series_close(mine.thetas, target.thetas, tol=tol, what="theta", ctx=ctx, record=record)
+    for name in ("M", "L"):
+        assert_series_close([s[name] for s in mine.states], [s[name] for s in target.states], tol=tol,
+                            what=f"state.{name}", ctx=ctx, record=record)
+
+
+# --------------------------------------------------------------------------- invariances (Lemma 3.8, Thm 5.2)
+
+
+@st.composite
+def _invariance_cases(draw, max_k=3, orthogonal=False):
+    p = draw(propagators(max_k=max_k), label="propagator")
+    k = p.B.shape[0]
+    n = draw(st.integers(k, 6), label="n")
+    Q = draw(orthogonal_matrices(k) if orthogonal else invertible_matrices(k), label="Q")
+    M0 = draw(full_rank_memories(n, k), label="M0")
+    L0 = draw(vectors(k, scale=0.3), label="L0")
+    problem = draw(problems(n=n), label="problem")
+    return p, Q, M0, L0, problem, draw(vectors(n), label="theta0"), draw(horizons(1, 10), label="steps")
+
+
+def _memory_conditioning(states) -> float:
+    return max(_condition(s["M"]) for s in states)
+
+
+@pytest.mark.algo("rllc")
+@given(case=_invariance_cases(), c1=st.floats(1e-3, 0.2), c2=st.floats(0.0, 0.1), decay=st.floats(0.0, 0.2),
+       curvature=st.floats(0.01, 0.2), C_seed=seeds())
+def test_lemma_3_8_linear_invariance(backend, record, case, c1, c2, decay, curvature, C_seed):
+    """RLLC(U) from (M0, H0, L0) and RLLC(U^Q) from (M0 Q, H0, Q⁻¹L0) give the same θ_t, with
+    M^Q_t = M_t Q and L^Q_t = Q⁻¹L_t, for a non-linear rule with hidden state, while M_t has rank k."""
+    p, Q, M0, L0, problem, theta0, steps = case
+    k = p.B.shape[0]
+    Qinv = np.linalg.inv(Q)
+    C = 0.1 * np.random.default_rng(C_seed).standard_normal((k, k))
+    spec_rule = MemoryRuleSpec(p.B, p.a, C, decay=decay, curvature=curvature)
+    ctx = Context("rllc", "lemma_3_8_linear_invariance", {"rule": spec_rule, "c1": c1, "c2": c2, "Q": Q})
+    reference = _reference("rllc", {"rule": spec_rule, "c1": c1, "c2": c2, "L0": L0, "eps": 0.0, "H0": 0.0},
+                           problem, theta0, steps, {"M": M0})
+    memory_kappa = _memory_conditioning(reference.states)
+    assume(memory_kappa < 1e4)  # essential equivalence needs rank-k memories throughout
+
+    rule = spec_rule.build(backend)
+    Q_native, Qinv_native = backend.asarray(Q), backend.asarray(Qinv)
+
+    def rule_Q(M, H, g):  # Def. 3.6: U^Q(M, H, g) = (M_2 Q, H_2), (M_2, H_2) = U(M Q⁻¹, H, g)
+        M2, H2 = rule(M @ Qinv_native, H, g)
+        return M2 @ Q_native, H2
+
+    common = {"c1": c1, "c2": c2, "eps": 0.0, "H0": 0.0}
+    original = _run(backend, "rllc", {"rule": rule, "L0": L0, **common}, problem, theta0, steps, {"M": M0})
+    transformed = _run(backend, "rllc", {"rule": rule_Q, "L0": Qinv @ L0, **common}, problem, theta0, steps,
+                       {"M": M0 @ Q})
+    cond = float(np.linalg.cond(Q)) * memory_kappa**2 * problem_conditioning(problem)
+    tol = tolerance(backend.dtype, steps, cond)
+    assert_series_close(transformed.thetas, original.thetas, tol=tol, what="theta", ctx=ctx, record=record)
+    assert_series_close([s["M"] for s in transformed.states], [s["M"] @ Q for s in original.states], tol=tol,
+                        what="M^Q vs M Q", ctx=ctx, record=record)
+    assert_series_close([s["L"] for s in transformed.states], [Qinv @ s["L"] for s in original.states], tol=tol,
+                        what="L^Q vs Q⁻¹L", ctx=ctx, record=record)
+
+
+def _basis_change_runs(backend, case, c1, c2, eps, transformed_a):
+    """The runs of F(B, a) from (M0, L0) and of F(Q⁻¹BQ, transformed_a) from (M0 Q, Q⁻¹L0)."""
+    p, Q, M0, L0, problem, theta0, steps = case
+    Qinv = np.linalg.inv(Q)
+    common = {"c1": c1, "c2": c2, "eps": eps}
+    original = _run(backend, "lm_rllc", {"B": p.B, "a": p.a, "L0": L0, **common}, problem, theta0, steps, {"M": M0})
+    changed = _run(backend, "lm_rllc", {"B": Qinv @ p.B @ Q, "a": transformed_a, "L0": Qinv @ L0, **common}, problem,
+                   theta0, steps, {"M": M0 @ Q})
+    return original, changed
+
+
+@pytest.mark.algo("lm_rllc")
+@given(case=_invariance_cases(max_k=4), c1=st.floats(1e-3, 0.2), c2=st.floats(0.0, 0.1))
+def test_theorem_5_2_basis_invariance(backend, record, case, c1, c2):
+    """Corrected Theorem 5.2: F(B, a) ≅ F(Q⁻¹BQ, Qᵀa) via (M, L) ↦ (MQ, Q⁻¹L), with ε = 0."""
+    p, Q, M0, L0, problem, theta0, steps = case
+    ctx = Context("lm_rllc", "theorem_5_2_basis_invariance", {"B": p.B, "a": p.a, "c1": c1, "c2": c2, "Q": Q})
+    reference = _reference("lm_rllc", {"B": p.B, "a": p.a, "L0": L0, "c1": c1, "c2": c2, "eps": 0.0}, problem,
+                           theta0, steps, {"M": M0})
+    memory_kappa = _memory_conditioning(reference.states)
+    assume(memory_kappa < 1e4)
+    original, changed = _basis_change_runs(backend, case, c1, c2, 0.0, Q.T @ p.a)
+    tol = tolerance(backend.dtype, steps, float(np.linalg.cond(Q)) * memory_kappa**2 * problem_conditioning(problem))
+    assert_series_close(changed.thetas, original.thetas, tol=tol, what="theta", ctx=ctx, record=record)
+    assert_series_close([s["M"] for s in changed.states], [s["M"] @ Q for s in original.states], tol=tol,
+                        what="M' vs M Q", ctx=ctx, record=record)
+    assert_series_close([s["L"] for s in changed.states], [np.linalg.solve(Q, s["L"]) for s in original.states],
+                        tol=tol, what="L' vs Q⁻¹L", ctx=ctx, record=record)
+
+
+@pytest.mark.algo("lm_rllc")
+@given(case=_invariance_cases(max_k=4), c1=st.floats(0.01, 0.2), c2=st.floats(0.0, 0.1))
+def test_theorem_5_2_printed_form_fails(backend, record, case, c1, c2):
+    """The printed Theorem 5.2, F(B, a) ≅ F(Q⁻¹BQ, Qa), is violated whenever Qa ≠ Qᵀa matters: the first
+    step already differs by c1 g_1 (Qa − Qᵀa)ᵀL_1, far above round-off."""
+    p, Q, M0, L0, problem, theta0, steps = case
+    ctx = Context("lm_rllc", "theorem_5_2_printed_form_fails", {"B": p.B, "a": p.a, "c1": c1, "Q": Q})
+    g1 = (problem.batch(1) if hasattr(problem, "batch") else problem).grad(theta0)
+    L1 = np.linalg.solve(Q, L0) + c2 * np.linalg.lstsq(M0 @ Q, g1, rcond=None)[0]
+    first_step_gap = c1 * np.max(np.abs(g1)) * abs((Q @ p.a - Q.T @ p.a) @ L1)
+    scale = max(np.max(np.abs(theta0)), 1e-300)
+    tol = tolerance(backend.dtype, steps, float(np.linalg.cond(Q)) * problem_conditioning(problem))
+    assume(first_step_gap / scale > 1e4 * tol)
+    original, printed = _basis_change_runs(backend, case, c1, c2, 0.0, Q @ p.a)
+    assume(finite_run(original) and finite_run(printed))
+    gap = max(np.max(np.abs(x - y)) for x, y in zip(printed.thetas, original.thetas)) / max(
+        max(np.max(np.abs(x)) for x in original.thetas), 1e-300)
+    assert_holds(gap > 1e3 * tol, f"printed Theorem 5.2 (Qa) matched the original run: deviation {gap:.3g} is "
+                                  f"within 1e3·tol = {1e3 * tol:.3g}; expected ≈ {first_step_gap / scale:.3g}", ctx)
+
+
+# --------------------------------------------------------------------------- abstract rules (eq. 2, App. B)
+
+
+@pytest.mark.algo("linear_memory")
+@given(p=propagators(), n=st.integers(1, 5), steps=horizons(1, 15), data=st.data())
+def test_abstract_rule_eq_2(backend, record, p, n, steps, data):
+    """From M_0 = 0: m_j(t) = Σ_{i=0}^{t-1} g_{t-i} (aᵀBⁱ)_j (eq. 2)."""
+    grads = data.draw(gradient_sequences(n, steps), label="gradients")
+    k = p.B.shape[0]
+    hp = {"B": p.B, "a": p.a, "L": np.zeros(k)}
+    ctx = Context("linear_memory", "abstract_rule_eq_2", hp)
+    mine = open_loop(backend, "linear_memory", _optimizer(backend, "linear_memory", hp), grads, np.zeros(n))
+    rules = [p.a @ np.linalg.matrix_power(p.B, i) for i in range(steps)]  # aᵀBⁱ
+    expected = [sum((np.outer(grads[t - 1 - i], rules[i]) for i in range(t)), np.zeros((n, k)))
+                for t in range(steps + 1)]
+    tol = tolerance(backend.dtype, steps)
+    assert_series_close([s["M"] for s in mine.states], expected, tol=tol, what="M", ctx=ctx, record=record)
+
+
+@pytest.mark.algo("linear_memory")
+@given(lam=st.floats(-0.95, 0.95), m=st.integers(1, 4), n=st.integers(1, 4), steps=horizons(1, 15),
+       impulse_seed=seeds())
+def test_jordan_abstract_rule_app_b(backend, record, lam, m, n, steps, impulse_seed):
+    """M_m(λ): unit i (1-based) has the abstract rule (aᵀJ_m(λ)^j)_i = C(j, i−1) λ^{j−i+1} (App. B),
+    observed as the response of the memory to an impulse g_1 = e, g_t = 0 after."""
+    p = props.jordan(lam, m)
+    e = np.random.default_rng(impulse_seed).standard_normal(n)
+    grads = [e] + [np.zeros(n)] * (steps - 1)
+    hp = {"B": p.B, "a": p.a, "L": np.zeros(m)}
+    ctx = Context("linear_memory", "jordan_abstract_rule_app_b", hp)
+    mine = open_loop(backend, "linear_memory", _optimizer(backend, "linear_memory", hp), grads, np.zeros(n))
+
+    def rule(j, i):  # i is 1-based
+        return math.comb(j, i - 1) * lam ** (j - i + 1) if j >= i - 1 else 0.0
+
+    expected = [np.outer(e, [rule(t - 1, i) for i in range(1, m + 1)]) for t in range(1, steps + 1)]
+    tol = tolerance(backend.dtype, steps)
+    assert_series_close([s["M"] for s in mine.states[1:]], expected, tol=tol, what="M", ctx=ctx, record=record,
+                        first_t=1)
+    if m == 2 and steps >= 4:  # Sec. 4: the second unit of M_2(α) has the rule 0, 1, 2α, 3α², …
+        second = [s["M"][:, 1] for s in mine.states[1:5]]
+        assert_series_close(second, [c * e for c in (0.0, 1.0, 2 * lam, 3 * lam**2)], tol=tol,
+                            what="M_2 unit 2: 0, 1, 2λ, 3λ²", ctx=ctx, record=record, first_t=1)
+
+
+# --------------------------------------------------------------------------- geometry and complex momentum
+
+
+@st.composite
+def _memories(draw, full_rank=False):
+    """(M, g): an n×k memory of rank r ≤ min(n, k) (r = min(n, k) when ``full_rank``) with exactly zero
+    singular values beyond r, and a gradient."""
+    n, k = draw(st.integers(1, 6), label="n"), draw(st.integers(1, 4), label="k")
+    rank = min(n, k) if full_rank else draw(st.integers(0, min(n, k)), label="rank")
+    r = np.random.default_rng(draw(seeds(), label="seed"))
+    U, _ = np.linalg.qr(r.standard_normal((n, n)))
+    V, _ = np.linalg.qr(r.standard_normal((k, k)))
+    sigma = np.zeros(min(n, k))
+    sigma[:rank] = np.exp(r.uniform(np.log(0.1), 0.0, size=rank))
+    M = (U[:, : min(n, k)] * sigma) @ V[:, : min(n, k)].T
+    return M, r.standard_normal(n)
+
+
+def _law_step(backend, M, g, eps, c2=1.0):
+    """ΔL/c2 = M_ε⁺ g as one F step of lm_rllc from memory M (B and a do not enter the law update)."""
+    k = M.shape[1]
+    hp = {"B": np.zeros((k, k)), "a": np.ones(k), "c1": 1.0, "c2": c2, "L0": np.zeros(k), "eps": eps}
+    mine = open_loop(backend, "lm_rllc", _optimizer(backend, "lm_rllc", hp), [g], np.zeros(M.shape[0]), {"M": M})
+    return mine.states[1]["L"] / c2
+
+
+@pytest.mark.algo("lm_rllc")
+@given(memory=_memories())
+def test_rllc_step_projects(backend, record, memory):
+    """With ε = 0: p = M M⁺g is the orthogonal projection of g onto span(M) (residual ⟂ every unit,
+    ⟨p, g⟩ = ‖p‖²), and M⁺g lies in the row space of M: the minimum-norm coefficients."""
+    M, g = memory
+    ctx = Context("lm_rllc", "rllc_step_projects", {"M": M})
+    coefficients = _law_step(backend, M, g, eps=0.0)
+    U, sigma, Vt = np.linalg.svd(M)
+    kept = sigma > max(M.shape) * np.finfo(np.float64).eps * sigma.max(initial=0.0)
+    kappa = float(sigma[kept].max() / sigma[kept].min()) if kept.any() else 1.0
+    tol = tolerance(backend.dtype, 0, kappa**2)
+    scale = max(np.linalg.norm(g), 1e-300)
+    projection = M @ coefficients
+    assert_close(M.T @ (g - projection), np.zeros(M.shape[1]), tol=tol, what="Mᵀ(g − M M⁺g)", ctx=ctx,
+                 record=record, scale=scale * max(np.linalg.norm(M, 2), 1e-300))
+    assert_close(projection @ g, projection @ projection, tol=tol, what="⟨p, g⟩ − ‖p‖²", ctx=ctx, record=record,
+                 scale=scale**2)
+    null_space = Vt[kept.sum():]  # rows spanning null(M)
+    assert_close(null_space @ coefficients, np.zeros(len(null_space)), tol=tol, what="M⁺g in null(M)", ctx=ctx,
+                 record=record, scale=max(np.linalg.norm(coefficients), scale / max(sigma.max(initial=0), 1e-300)))
+
+
+@pytest.mark.algo("linear_memory")
+@given(radius=st.floats(0.0, 0.95), angle=st.floats(-math.pi, math.pi), n=st.integers(1, 5), steps=horizons(1, 15),
+       data=st.data())
+def test_complex_momentum_block(backend, record, radius, angle, n, steps, data):
+    """CM(γ), γ = α + βi, block [[α, −β], [β, α]], a = e_1: z = m_1 + i m_2 follows z ← g + γ̄ z, i.e.
+    m_1 − i m_2 follows the paper's m ← g + γ m (spec/rllc.md, complex momentum)."""
+    gamma = radius * complex(math.cos(angle), math.sin(angle))
+    p = props.complex_jordan(gamma)
+    grads = data.draw(gradient_sequences(n, steps), label="gradients")
+    hp = {"B": p.B, "a": p.a, "L": np.zeros(2)}
+    ctx = Context("linear_memory", "complex_momentum_block", {"gamma": gamma})
+    mine = open_loop(backend, "linear_memory", _optimizer(backend, "linear_memory", hp), grads, np.zeros(n))
+    w, expected = np.zeros(n, complex), []
+    for g in grads:
+        w = g + gamma * w  # the paper's complex momentum
+        expected.append(np.stack([w.real, -w.imag], axis=1))  # m_1 = Re w, m_2 = −Im w
+    tol = tolerance(backend.dtype, steps)
+    assert_series_close([s["M"] for s in mine.states[1:]], expected, tol=tol, what="(m_1, m_2)", ctx=ctx,
+                        record=record, first_t=1)
+
+
+# --------------------------------------------------------------------------- the relaxed inverse (R3)
+
+
+@pytest.mark.algo("lm_rllc")
+@given(memory=_memories())
+def test_relaxed_inverse_limit(backend, record, memory):
+    """ε → 0 recovers M⁺ for full-rank and rank-deficient M: ‖M_ε⁺g − M⁺g‖ ≤ ε‖g‖/σ_min³, and ε = 0 is
+    M⁺g exactly (compared with the minimum-norm least-squares solution)."""
+    M, g = memory
+    ctx = Context("lm_rllc", "relaxed_inverse_limit", {"M": M})
+    exact = np.linalg.lstsq(M, g, rcond=None)[0]
+    sigma = np.linalg.svd(M, compute_uv=False)
+    kept = sigma[sigma > max(M.shape) * np.finfo(np.float64).eps * sigma.max(initial=0.0)]
+    sigma_min = kept.min() if kept.size else 1.0
+    kappa = float(kept.max() / kept.min()) if kept.size else 1.0
+    tol = tolerance(backend.dtype, 0, kappa**2)
+    scale = max(np.linalg.norm(g) / sigma_min, 1e-300)
+    assert_close(_law_step(backend, M, g, eps=0.0), exact, tol=tol, what="M⁺g", ctx=ctx, record=record, scale=scale)
+    errors = []
+    for relative_eps in (1e-2, 1e-4, 1e-6):
+        eps = relative_eps * sigma_min**2
+        error = np.linalg.norm(_law_step(backend, M, g, eps=eps) - exact)
+        bound = eps * np.linalg.norm(g) / sigma_min**3
+        record.observe(max(error - bound, 0.0) / scale, tol)
+        assert_holds(error <= bound + tol * scale,
+                     f"‖M_ε⁺g − M⁺g‖ = {error:.3g} exceeds ε‖g‖/σ_min³ = {bound:.3g} at ε = {eps:.3g}", ctx)
+        errors.append(error)
+    assert_holds(errors[-1] <= errors[0], f"the error does not shrink as ε → 0: {errors}", ctx)
+
+
+@pytest.mark.algo("lm_rllc")
+@given(memory=_memories(full_rank=True), shrink=st.floats(1e-5, 1e-3), relative_eps=st.floats(1.0, 100.0))
+def test_relaxed_inverse_costs_scale(backend, record, memory, shrink, relative_eps):
+    """ε > 0 is not scale-invariant: M⁺g is unchanged when M and g are scaled by s, while once
+    ‖sM‖² ≪ ε the relaxed step shrinks below s²σ_max‖g‖/ε: the law stops adapting."""
+    M, g = memory
+    sigma_max = np.linalg.svd(M, compute_uv=False).max()
+    eps = relative_eps * sigma_max**2  # so that ‖sM‖² = s²σ_max² ≤ 1e-6 ε
+    ctx = Context("lm_rllc", "relaxed_inverse_costs", {"M": M, "s": shrink, "eps": eps})
+    full = _law_step(backend, M, g, eps=0.0)
+    tol = tolerance(backend.dtype, 0, np.linalg.cond(M) ** 2)
+    assert_close(_law_step(backend, shrink * M, shrink * g, eps=0.0), full, tol=tol, what="(sM)⁺(sg) vs M⁺g",
+                 ctx=ctx, record=record)
+    stalled = np.linalg.norm(_law_step(backend, shrink * M, shrink * g, eps=eps))
+    bound = shrink**2 * sigma_max * np.linalg.norm(g) / eps
+    assert_holds(stalled <= bound * (1 + tol), f"relaxed step {stalled:.3g} above s²σ_max‖g‖/ε = {bound:.3g}", ctx)
+    typical = np.linalg.norm(g) / sigma_max  # the exact step's size for a g in span(M)
+    assert_holds(stalled <= 1e-3 * typical, f"relaxed step {stalled:.3g} did not stall (‖g‖/σ_max = {typical:.3g})",
+                 ctx)
+
+
+@pytest.mark.algo("lm_rllc")
+@given(case=_invariance_cases(max_k=4, orthogonal=True), c1=st.floats(1e-3, 0.2), c2=st.floats(0.0, 0.1),
+       relative_eps=st.floats(1e-3, 1.0))
+def test_relaxed_inverse_costs_orthogonal_invariance(backend, record, case, c1, c2, relative_eps):
+    """With ε > 0, Theorem 5.2 (corrected) still holds exactly for orthogonal Q: (MQ)_ε⁺ = Qᵀ M_ε⁺."""
+    p, Q, M0, L0, problem, theta0, steps = case
+    eps = relative_eps * np.linalg.svd(M0, compute_uv=False).min() ** 2
+    ctx = Context("lm_rllc", "relaxed_inverse_costs", {"B": p.B, "a": p.a, "Q": Q, "eps": eps})
+    reference = _reference("lm_rllc", {"B": p.B, "a": p.a, "L0": L0, "c1": c1, "c2": c2, "eps": eps}, problem,
+                           theta0, steps, {"M": M0})
+    original, changed = _basis_change_runs(backend, case, c1, c2, eps, Q.T @ p.a)
+    kappa = _memory_conditioning(reference.states)
+    assume(kappa < 1e4)
+    tol = tolerance(backend.dtype, steps, kappa**2 * problem_conditioning(problem))
+    assert_series_close(changed.thetas, original.thetas, tol=tol, what="theta", ctx=ctx, record=record)
+
+
+@st.composite
+def _memory_and_basis(draw):
+    """(M, g, Q): a full-rank n×k memory, n ≥ k ≥ 2, and an invertible Q with 2 ≤ κ(Q) ≤ 10."""
+    k = draw(st.integers(2, 4), label="k")
+    n = draw(st.integers(k, 6), label="n")
+    M = draw(full_rank_memories(n, k), label="M")
+    Q = draw(invertible_matrices(k), label="Q")
+    assume(np.linalg.cond(Q) > 2)
+    return M, draw(vectors(n), label="g"), Q
+
+
+@pytest.mark.algo("lm_rllc")
+@given(case=_memory_and_basis(), relative_eps=st.floats(1e-4, 1e-1))
+def test_relaxed_inverse_costs_general_basis(backend, record, case, relative_eps):
+    """With ε > 0 and a non-orthogonal Q, (MQ)_ε⁺g differs from Q⁻¹M_ε⁺g by more than round-off, and
+    by at most ‖g‖(ε/σ_min(MQ)³ + ‖Q⁻¹‖ε/σ_min(M)³): the invariance holds only to O(ε/σ_min²)."""
+    M, g, Q = case
+    sigma_M = np.linalg.svd(M, compute_uv=False).min()
+    sigma_MQ = np.linalg.svd(M @ Q, compute_uv=False).min()
+    eps = relative_eps * min(sigma_M, sigma_MQ) ** 2
+    ctx = Context("lm_rllc", "relaxed_inverse_costs", {"M": M, "Q": Q, "eps": eps})
+    Qinv = np.linalg.inv(Q)
+    gap = np.linalg.norm(_law_step(backend, M @ Q, g, eps) - Qinv @ _law_step(backend, M, g, eps))
+    bound = np.linalg.norm(g) * (eps / sigma_MQ**3 + np.linalg.norm(Qinv, 2) * eps / sigma_M**3)
+    scale = np.linalg.norm(Qinv @ np.linalg.lstsq(M, g, rcond=None)[0])
+    tol = tolerance(backend.dtype, 0, np.linalg.cond(M @ Q) ** 2 * np.linalg.cond(Q))
+    record.observe(max(gap - bound, 0.0) / scale, tol)
+    assert_holds(gap <= bound + tol * scale, f"basis-change gap {gap:.3g} exceeds the O(ε/σ²) bound {bound:.3g}", ctx)
+    assert_holds(gap > 100 * tol * scale, f"basis-change gap {gap:.3g} is round-off: ε > 0 should break exactness",
+                 ctx)
+
+
+# --------------------------------------------------------------------------- domain of B
+
+
+@pytest.mark.algo("lm_rllc")
+def test_spectral_radius_not_norm(backend, record):
+    """B's domain is ρ(B) < 1, not ‖B‖₂ < 1: Table 1's M2(0.6) (‖J_2(0.6)‖₂ ≈ 1.33) is accepted and
+    B = 1.0001·I is rejected, naming B."""
+    ctx = Context("lm_rllc", "spectral_radius_not_norm")
+    p = props.propagator("M2(0.6)")
+    assert_holds(np.linalg.norm(p.B, 2) > 1, "M2(0.6) should have spectral norm > 1", ctx)
+    for algo, extra in (("lm_rllc", {}), ("linear_memory", {"L": np.ones(2)})):
+        if algo in backend.algorithms:
+            _optimizer(backend, algo, {"B": p.B, "a": p.a, **extra})
+            try:
+                _optimizer(backend, algo, {"B": 1.0001 * np.eye(2), "a": p.a, **extra})
+                raised = None
+            except HyperparameterError as exc:
+                raised = exc
+            assert_holds(raised is not None and raised.param == "B", f"{algo}: ρ(B) = 1.0001 was not rejected", ctx)

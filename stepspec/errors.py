@@ -1,0 +1,32 @@
+"""The error taxonomy of spec/errors.md.
+
+Every error carries ``param``, the name of the offending hyperparameter, observation field,
+state field or argument, and names it in its message, so a conformance check can be strict
+about *what* was rejected without depending on the wording.
+"""
+
+from __future__ import annotations
+
+
+class StepspecError(Exception):
+    """Base class: something the spec rejects, attributed to one named input."""
+
+    def __init__(self, param: str, message: str):
+        self.param = param
+        super().__init__(f"{param}: {message}")
+
+
+class HyperparameterError(StepspecError, ValueError):
+    """A constructor argument outside the domain its spec table declares (phase CONSTRUCT)."""
+
+
+class NotationError(HyperparameterError):
+    """Malformed propagator notation such as ``"M(0.9) ⊕"`` (param ``notation``)."""
+
+
+class StateError(StepspecError, ValueError):
+    """An initial state given to ``init`` that is not a valid state (phase INIT)."""
+
+
+class ObservationError(StepspecError, ValueError):
+    """A bad observation at a step: non-finite, wrong shape or dtype, or a missing field (phase STEP)."""

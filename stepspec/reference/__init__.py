@@ -1,0 +1,47 @@
+"""The reference implementation: pure NumPy, float64, one function per spec equation.
+
+Every constructor validates its hyperparameters against the domains of its spec section and
+returns an optimizer with ``init``, ``F`` and ``G`` (spec/formalism.md).
+"""
+
+from .._core import iterate, run
+from .classical import adam, adamw, lion, momentum, nag, rmsprop, sgd
+from .propagators import TABLE_1, Propagator, complex_jordan, direct_sum, jordan, propagator
+from .rllc import linear_memory, lm_rllc, relaxed_pinv, rllc
+
+ALGORITHMS = {
+    "sgd": sgd,
+    "momentum": momentum,
+    "nag": nag,
+    "adam": adam,
+    "adamw": adamw,
+    "rmsprop": rmsprop,
+    "lion": lion,
+    "rllc": rllc,
+    "lm_rllc": lm_rllc,
+    "linear_memory": linear_memory,
+}
+"""Algorithm id (the spec section anchor) → reference constructor."""
+
+__all__ = [
+    "ALGORITHMS",
+    "TABLE_1",
+    "Propagator",
+    "adam",
+    "adamw",
+    "complex_jordan",
+    "direct_sum",
+    "iterate",
+    "jordan",
+    "linear_memory",
+    "lion",
+    "lm_rllc",
+    "momentum",
+    "nag",
+    "propagator",
+    "relaxed_pinv",
+    "rllc",
+    "rmsprop",
+    "run",
+    "sgd",
+]

@@ -1,0 +1,70 @@
+"""stepspec.problems: exact derivatives (against central differences), minimisers, replayable batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stepspec import problems as P
+
+PROBLEMS = {
+    "quadratic": lambda seed: P.random_quadratic(5, condition=50.0, seed=seed),
+    "least_squares": lambda seed: P.random_least_squares(12, 4, seed=seed),
+    "logistic": lambda seed: P.random_logistic(30, 4, l2=0.05, seed=seed),
+    "rosenbrock": lambda seed: P.Rosenbrock(4),
+    "rosenbrock_2d": lambda seed: P.Rosenbrock(2, a=2.0, b=10.0),
+    "saddle": lambda seed: P.Saddle(),
+    "minibatch": lambda seed: P.MiniBatch(P.random_logistic(30, 4, seed=seed), 7, seed=seed).batch(3),
+}
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+@settings(max_examples=20, derandomize=True, deadline=None)
+@given(seed=st.integers(0, 1000))
+def test_gradient_and_hvp_match_central_differences(name, seed):
+    f = PROBLEMS[name](seed)
+    rng = np.random.default_rng(seed)
+    theta, v, h = rng.standard_normal(f.n), rng.standard_normal(f.n), 1e-5
+    fd_grad = np.array([(f.loss(theta + h * e) - f.loss(theta - h * e)) / (2 * h) for e in np.eye(f.n)])
+    fd_hvp = (f.grad(theta + h * v) - f.grad(theta - h * v)) / (2 * h)
+    assert np.allclose(f.grad(theta), fd_grad, rtol=1e-6, atol=1e-6 * np.abs(fd_grad).max())
+    assert np.allclose(f.hvp(theta, v), fd_hvp, rtol=1e-6, atol=1e-6 * np.abs(fd_hvp).max())
+
+
+@pytest.mark.parametrize("name", ["quadratic", "least_squares", "logistic", "rosenbrock", "rosenbrock_2d"])
+def test_minimizer_is_stationary(name):
+    f = PROBLEMS[name](0)
+    assert np.linalg.norm(f.grad(f.minimizer)) < 1e-10
+    assert f.min_value == pytest.approx(f.loss(f.minimizer))
+
+
+def test_random_quadratic_has_the_requested_spectrum():
+    f = P.random_quadratic(8, condition=1e3, seed=1)
+    assert f.smoothness == pytest.approx(1.0) and f.strong_convexity == pytest.approx(1e-3)
+    assert f.condition_number == pytest.approx(1e3)
+
+
+def test_minibatches_replay_and_differ():
+    stochastic = P.MiniBatch(P.random_logistic(40, 3, seed=2), batch_size=5, seed=9)
+    assert np.array_equal(stochastic.batch(4).X, stochastic.batch(4).X)
+    assert not np.array_equal(stochastic.batch(4).X, stochastic.batch(5).X)
+    assert stochastic.min_value == stochastic.full.min_value
+
+
+def test_saddle_is_unbounded():
+    assert P.Saddle().minimizer is None and P.Saddle().loss([0.0, 3.0]) == -9.0
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: P.quadratic(np.ones((2, 3)), np.ones(2)), "square"),
+    (lambda: P.quadratic(np.array([[1.0, 2.0], [0.0, 1.0]]), np.ones(2)), "symmetric"),
+    (lambda: P.logistic(np.ones((3, 2)), np.array([1.0, 0.0, 1.0]), 0.1), "−1 or \\+1"),
+    (lambda: P.MiniBatch(P.random_logistic(5, 2), batch_size=6), "batch_size"),
+    (lambda: P.Rosenbrock(1), "n ≥ 2"),
+    (lambda: P.random_quadratic(3).grad(np.ones(4)), "shape"),
+])
+def test_bad_problem_input(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

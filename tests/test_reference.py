@@ -1,0 +1,65 @@
+"""Reference details that are not conformance properties: the contract's edges, the relaxed inverse's
+two forms, the unit-gain default, the immutability of states."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stepspec import Observation, StateError, iterate, problems, run
+from stepspec.reference import adam, lm_rllc, propagator, relaxed_pinv, sgd
+
+
+def test_run_shapes_and_bad_steps():
+    f = problems.random_quadratic(3)
+    assert run(sgd(0.1), f, np.zeros(3), 4).shape == (5, 3)
+    with pytest.raises(ValueError, match="steps"):
+        run(sgd(0.1), f, np.zeros(3), -1)
+
+
+def test_iterate_uses_the_batch_of_each_step():
+    stochastic = problems.MiniBatch(problems.random_logistic(20, 2, seed=1), batch_size=3, seed=4)
+    steps = list(iterate(sgd(1.0), stochastic, np.zeros(2), 2))
+    assert np.allclose(steps[1][1], -stochastic.batch(1).grad(np.zeros(2)))
+
+
+def test_states_are_read_only_values():
+    opt = adam(0.1)
+    s0 = opt.init(np.zeros(2))
+    s1 = opt.F(s0, Observation(np.ones(2)))
+    with pytest.raises(ValueError):
+        s1.m[0] = 5.0
+    assert s0.step == 0 and np.all(s0.m == 0), "F returned a new state; the old one is unchanged"
+
+
+def test_adam_G_needs_a_step():
+    opt = adam()
+    with pytest.raises(StateError) as error:
+        opt.G(opt.init(np.zeros(2)), Observation(np.ones(2)))
+    assert error.value.param == "step"
+
+
+def test_weight_decay_needs_params():
+    assert adam(weight_decay=0.1).needs == {"grad", "params"} and adam().needs == {"grad"}
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (3, 5), (4, 4)])
+def test_relaxed_inverse_forms(shape):
+    """(R3a) is numpy's pinv; (R3b) in the SVD basis is the printed Tikhonov (MᵀM + εI)⁻¹Mᵀ."""
+    M = np.random.default_rng(0).standard_normal(shape)
+    assert np.allclose(relaxed_pinv(M, 0.0), np.linalg.pinv(M), rtol=1e-12, atol=1e-12)
+    eps = 0.3
+    tikhonov = np.linalg.solve(M.T @ M + eps * np.eye(shape[1]), M.T)
+    assert np.allclose(relaxed_pinv(M, eps), tikhonov, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("notation", ["M(0.9) ⊕ M(0)", "M(0.9) ⊕ M2(0.6)", "M(0.9) ⊕ M(−0.9) ⊕ CM(0.9i)"])
+def test_unit_gain_default_moves_like_sgd_in_steady_state(notation):
+    """spec/rllc.md#lm_rllc: under a constant gradient, with the law frozen (c2 = 0), the default L0
+    makes the step tend to −c1·g."""
+    c1, g = 0.01, np.array([1.0, -2.0, 0.5])
+    opt = lm_rllc(*propagator(notation), c1=c1, c2=0.0)
+    s = opt.init(np.zeros(3))
+    for _ in range(400):
+        s = opt.F(s, Observation(g))
+    assert np.allclose(opt.G(s, Observation(g)), -c1 * g, rtol=1e-12)

@@ -1,0 +1,52 @@
+"""The classical reference against torch.optim in float64 (spec/classical.md, spec/tolerances.md).
+Runs where torch is installed (pip install torch==2.13.0)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stepspec import problems as P
+from stepspec import reference
+from stepspec.conformance.tolerance import deviation, series_scale, tolerance
+
+torch = pytest.importorskip("torch")
+
+STEPS = 20
+PROBLEM = P.random_quadratic(6, condition=4.0, seed=3)
+THETA0 = np.random.default_rng(5).standard_normal(6)
+BOUND = tolerance("float64", STEPS, PROBLEM.condition_number)
+
+CASES = [
+    ("sgd", {"lr": 0.3}, torch.optim.SGD, {"lr": 0.3}),
+    ("momentum", {"lr": 0.3, "beta": 0.9}, torch.optim.SGD, {"lr": 0.3, "momentum": 0.9}),
+    ("nag", {"lr": 0.3, "beta": 0.9}, torch.optim.SGD, {"lr": 0.3, "momentum": 0.9, "nesterov": True}),
+    ("adam", {"lr": 0.05, "weight_decay": 0.1}, torch.optim.Adam, {"lr": 0.05, "weight_decay": 0.1}),
+    ("adamw", {"lr": 0.05}, torch.optim.AdamW, {"lr": 0.05}),
+    ("rmsprop", {"lr": 0.01, "weight_decay": 0.1}, torch.optim.RMSprop, {"lr": 0.01, "weight_decay": 0.1}),
+]
+
+
+def torch_trajectory(optimizer_class, kwargs):
+    theta = torch.tensor(THETA0, dtype=torch.float64, requires_grad=True)
+    optimizer = optimizer_class([theta], **kwargs)
+    trajectory = [THETA0.copy()]
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        theta.grad = torch.tensor(PROBLEM.grad(theta.detach().numpy()), dtype=torch.float64)
+        optimizer.step()
+        trajectory.append(theta.detach().numpy().copy())
+    return trajectory
+
+
+def test_the_policy_bound_is_within_the_acceptance_figure():
+    assert BOUND <= 1e-12  # the foundation issue asks for 1e-12 relative; the policy gives 6.0e-13 here
+
+
+@pytest.mark.parametrize("algo, ours, optimizer_class, theirs", CASES, ids=[c[0] for c in CASES])
+def test_matches_torch(algo, ours, optimizer_class, theirs):
+    expected = torch_trajectory(optimizer_class, theirs)
+    actual = list(reference.run(reference.ALGORITHMS[algo](**ours), PROBLEM, THETA0, STEPS))
+    scale = series_scale(expected)
+    worst = max(deviation(a, e, scale)[0] for a, e in zip(actual, expected))
+    assert worst <= BOUND, f"{algo}: relative deviation {worst:.3g} from torch.optim exceeds {BOUND:.3g}"
