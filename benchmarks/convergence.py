@@ -30,7 +30,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     backend = resolve(args.backend)
     curves = {}
-    print(f"backend {backend.name} ({backend.dtype}); steps to relative suboptimality {TOLERANCE:g}, starts {START_SEEDS}")
+    print(
+        f"backend {backend.name} ({backend.dtype}); steps to relative suboptimality {TOLERANCE:g}, starts {START_SEEDS}"
+    )
     print(f"{'algorithm':<10} {'problem':<10} {'per start':<32} {'worst':>6} {'budget':>7}")
     for (algo, name), budget in BUDGETS.items():
         horizon = 2 * budget  # look past the budget, so that a miss shows by how much
@@ -60,8 +62,12 @@ def main(argv=None) -> int:
             if problem_name == name:
                 axis.semilogy(gaps.clip(min=1e-17), label=algo)
         axis.axhline(TOLERANCE, color="grey", linestyle=":", label="tolerance")
-        axis.set(title=f"{name} (start seed {START_SEEDS[0]})", xlabel="step t",
-                 ylabel="(f(θ_t) − f*) / (f(θ_0) − f*)", ylim=(1e-17, 10))
+        axis.set(
+            title=f"{name} (start seed {START_SEEDS[0]})",
+            xlabel="step t",
+            ylabel="(f(θ_t) − f*) / (f(θ_0) − f*)",
+            ylim=(1e-17, 10),
+        )
         axis.legend()
     figure.tight_layout()
     path = out / "convergence.png"

@@ -1,7 +1,7 @@
 """The ``stepspec`` command.
 
-  stepspec conform --backend NAME [--json PATH]   run the conformance suite, print algorithm × property
-  stepspec spec [ALGORITHM | PAGE]                print a spec section (or page); no argument lists them
+stepspec conform --backend NAME [--json PATH]   run the conformance suite, print algorithm × property
+stepspec spec [ALGORITHM | PAGE]                print a spec section (or page); no argument lists them
 """
 
 from __future__ import annotations
@@ -18,10 +18,19 @@ def _conform(args) -> int:
 
     conformance = Path(__file__).with_name("conformance")
     argv = [
-        "--pyargs", "stepspec.conformance",
-        "-c", str(conformance / "conform.ini"), "--rootdir", str(conformance),
-        "-p", "stepspec.conformance.plugin",
-        "--backend", args.backend, "--stepspec-report", "-q", "--tb=short",
+        "--pyargs",
+        "stepspec.conformance",
+        "-c",
+        str(conformance / "conform.ini"),
+        "--rootdir",
+        str(conformance),
+        "-p",
+        "stepspec.conformance.plugin",
+        "--backend",
+        args.backend,
+        "--stepspec-report",
+        "-q",
+        "--tb=short",
     ]
     if args.json:
         argv += ["--stepspec-json", str(Path(args.json).resolve())]
@@ -63,8 +72,11 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     conform = commands.add_parser("conform", help="run the conformance suite against a backend")
-    conform.add_argument("--backend", default="reference",
-                         help="built-in name, entry point, or package.module:attribute (default: reference)")
+    conform.add_argument(
+        "--backend",
+        default="reference",
+        help="built-in name, entry point, or package.module:attribute (default: reference)",
+    )
     conform.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     conform.add_argument("--profile", choices=["ci", "dev", "thorough"], help="hypothesis profile (default: ci)")
     conform.add_argument("--seed", type=int, help="hypothesis seed (for profiles that are not derandomized)")

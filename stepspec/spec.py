@@ -283,5 +283,7 @@ def check_hyperparameters(algo: str, **values) -> dict:
     declared = {h.name for h in table.hyperparameters}
     unknown = set(values) - declared
     if unknown:
-        raise TypeError(f"{algo}: unknown hyperparameter(s) {sorted(unknown)}; {table.anchor} declares {sorted(declared)}")
+        raise TypeError(
+            f"{algo}: unknown hyperparameter(s) {sorted(unknown)}; {table.anchor} declares {sorted(declared)}"
+        )
     return {name: table.hyperparameter(name).domain.check(name, value) for name, value in values.items()}

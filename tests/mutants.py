@@ -164,7 +164,9 @@ class _Noisy(_Wrapped):
 
 def wrapper_backend(wrapper: type, name: str) -> ReferenceBackend:
     return ReferenceBackend(
-        {algo: (lambda c: lambda *a, **k: wrapper(c(*a, **k)))(constructor)
-         for algo, constructor in reference.ALGORITHMS.items()},
+        {
+            algo: (lambda c: lambda *a, **k: wrapper(c(*a, **k)))(constructor)
+            for algo, constructor in reference.ALGORITHMS.items()
+        },
         name=f"mutant:{name}",
     )

@@ -38,8 +38,14 @@ def test_spec_unknown_name(capsys):
 def _conform(tmp_path, *args):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     report = tmp_path / "report.json"
-    done = subprocess.run([sys.executable, "-m", "stepspec.cli", "conform", *args, "--json", str(report)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "stepspec.cli", "conform", *args, "--json", str(report)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     rows = json.loads(report.read_text())["rows"] if report.exists() else []
     return done, {(r["algorithm"], r["property"]): r for r in rows}
 

@@ -57,14 +57,17 @@ def test_saddle_is_unbounded():
     assert P.Saddle().minimizer is None and P.Saddle().loss([0.0, 3.0]) == -9.0
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: P.quadratic(np.ones((2, 3)), np.ones(2)), "square"),
-    (lambda: P.quadratic(np.array([[1.0, 2.0], [0.0, 1.0]]), np.ones(2)), "symmetric"),
-    (lambda: P.logistic(np.ones((3, 2)), np.array([1.0, 0.0, 1.0]), 0.1), "−1 or \\+1"),
-    (lambda: P.MiniBatch(P.random_logistic(5, 2), batch_size=6), "batch_size"),
-    (lambda: P.Rosenbrock(1), "n ≥ 2"),
-    (lambda: P.random_quadratic(3).grad(np.ones(4)), "shape"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: P.quadratic(np.ones((2, 3)), np.ones(2)), "square"),
+        (lambda: P.quadratic(np.array([[1.0, 2.0], [0.0, 1.0]]), np.ones(2)), "symmetric"),
+        (lambda: P.logistic(np.ones((3, 2)), np.array([1.0, 0.0, 1.0]), 0.1), "−1 or \\+1"),
+        (lambda: P.MiniBatch(P.random_logistic(5, 2), batch_size=6), "batch_size"),
+        (lambda: P.Rosenbrock(1), "n ≥ 2"),
+        (lambda: P.random_quadratic(3).grad(np.ones(4)), "shape"),
+    ],
+)
 def test_bad_problem_input(make, message):
     with pytest.raises(ValueError, match=message):
         make()

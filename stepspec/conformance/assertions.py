@@ -51,7 +51,10 @@ class Context:
         return f"[{self.algo} {self.prop} · {anchor}]"
 
     def suffix(self) -> str:
-        shown = {k: (np.asarray(v).round(6).tolist() if isinstance(v, np.ndarray) else v) for k, v in self.hyperparameters.items()}
+        shown = {
+            k: (np.asarray(v).round(6).tolist() if isinstance(v, np.ndarray) else v)
+            for k, v in self.hyperparameters.items()
+        }
         return f"; hyperparameters: {shown}" if shown else ""
 
 
@@ -65,7 +68,9 @@ def assert_series_close(
     """Compare two series (lists of arrays, entry i at t = first_t + i) against one scale: the
     series' own magnitude, or ``scale`` where the expected value is zero by construction (a residual)."""
     if len(actual) != len(expected):
-        raise ConformanceFailure(f"{ctx.prefix()} {what}: {len(actual)} steps, reference has {len(expected)}{ctx.suffix()}")
+        raise ConformanceFailure(
+            f"{ctx.prefix()} {what}: {len(actual)} steps, reference has {len(expected)}{ctx.suffix()}"
+        )
     scale = series_scale(list(expected)) if scale is None else scale
     worst, where = 0.0, None
     for i, (a, e) in enumerate(zip(actual, expected)):

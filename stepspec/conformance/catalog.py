@@ -86,8 +86,9 @@ class AlgorithmInfo:
 
     def with_defaults(self, hyperparameters: Mapping) -> dict:
         """``hyperparameters`` completed with the spec's literal defaults."""
-        defaults = {h.name: h.default for h in self.spec.hyperparameters
-                    if h.default not in (spec.REQUIRED, spec.COMPUTED)}
+        defaults = {
+            h.name: h.default for h in self.spec.hyperparameters if h.default not in (spec.REQUIRED, spec.COMPUTED)
+        }
         return {**defaults, **hyperparameters}
 
     def materialize(self, hyperparameters: Mapping, backend) -> dict:
@@ -139,19 +140,40 @@ def _propagator_error_inputs(law_name: str, law: np.ndarray) -> tuple[ErrorInput
     """B and a of eq. (1), and a law of the wrong length; the base sample uses M(0.9) ⊕ M(0)."""
     construct = Phase.CONSTRUCT
     return (
-        ErrorInput("B with spectral radius 1", construct, HyperparameterError, "B",
-                   hyperparameters={"B": np.diag([1.0, 0.5])}),
-        ErrorInput("B with spectral radius 1.8, every entry < 1", construct, HyperparameterError,
-                   "B", hyperparameters={"B": np.array([[0.9, 0.9], [0.9, 0.9]])}),
+        ErrorInput(
+            "B with spectral radius 1", construct, HyperparameterError, "B", hyperparameters={"B": np.diag([1.0, 0.5])}
+        ),
+        ErrorInput(
+            "B with spectral radius 1.8, every entry < 1",
+            construct,
+            HyperparameterError,
+            "B",
+            hyperparameters={"B": np.array([[0.9, 0.9], [0.9, 0.9]])},
+        ),
         ErrorInput("B not square", construct, HyperparameterError, "B", hyperparameters={"B": np.zeros((2, 3))}),
-        ErrorInput("B with NaN", construct, HyperparameterError, "B",
-                   hyperparameters={"B": np.array([[np.nan, 0.0], [0.0, 0.0]])}),
+        ErrorInput(
+            "B with NaN",
+            construct,
+            HyperparameterError,
+            "B",
+            hyperparameters={"B": np.array([[np.nan, 0.0], [0.0, 0.0]])},
+        ),
         ErrorInput("a of the wrong length", construct, HyperparameterError, "a", hyperparameters={"a": np.ones(3)}),
         ErrorInput("a with Inf", construct, HyperparameterError, "a", hyperparameters={"a": np.array([1.0, np.inf])}),
-        ErrorInput(f"{law_name} of the wrong length", construct, HyperparameterError, law_name,
-                   hyperparameters={law_name: np.append(law, 0.0)}),
-        ErrorInput(f"{law_name} with NaN", construct, HyperparameterError, law_name,
-                   hyperparameters={law_name: np.array([np.nan, 0.0])}),
+        ErrorInput(
+            f"{law_name} of the wrong length",
+            construct,
+            HyperparameterError,
+            law_name,
+            hyperparameters={law_name: np.append(law, 0.0)},
+        ),
+        ErrorInput(
+            f"{law_name} with NaN",
+            construct,
+            HyperparameterError,
+            law_name,
+            hyperparameters={law_name: np.array([np.nan, 0.0])},
+        ),
     )
 
 
@@ -167,10 +189,24 @@ _RLLC_ERROR_INPUTS = (
     ErrorInput("rule not callable", Phase.CONSTRUCT, HyperparameterError, "rule", hyperparameters={"rule": 3.0}),
     ErrorInput("L0 empty", Phase.CONSTRUCT, HyperparameterError, "L0", hyperparameters={"L0": np.zeros(0)}),
     ErrorInput("L0 a matrix", Phase.CONSTRUCT, HyperparameterError, "L0", hyperparameters={"L0": np.zeros((2, 2))}),
-    ErrorInput("rule returns M of the wrong shape", Phase.STEP, HyperparameterError, "rule",
-               hyperparameters={"rule": _wrong_shape_rule}, observation=lambda obs: obs, check_G=False),
-    ErrorInput("rule returns a non-finite M", Phase.STEP, HyperparameterError, "rule",
-               hyperparameters={"rule": _non_finite_rule}, observation=lambda obs: obs, check_G=False),
+    ErrorInput(
+        "rule returns M of the wrong shape",
+        Phase.STEP,
+        HyperparameterError,
+        "rule",
+        hyperparameters={"rule": _wrong_shape_rule},
+        observation=lambda obs: obs,
+        check_G=False,
+    ),
+    ErrorInput(
+        "rule returns a non-finite M",
+        Phase.STEP,
+        HyperparameterError,
+        "rule",
+        hyperparameters={"rule": _non_finite_rule},
+        observation=lambda obs: obs,
+        check_G=False,
+    ),
 )
 
 CATALOG: dict[str, AlgorithmInfo] = {
@@ -217,8 +253,12 @@ CATALOG: dict[str, AlgorithmInfo] = {
         AlgorithmInfo(
             "rllc",
             {"c1": (1e-3, 0.3), "c2": (0.0, 0.1), "eps": (0.0, 1e-6)},
-            (Sample("non-linear rule on M(0.9) ⊕ M(0)", {"rule": _EXAMPLE_RULE, "c1": 0.05, "c2": 0.01,
-                                                          "L0": np.array([0.1, 0.1]), "H0": 0.0}),),
+            (
+                Sample(
+                    "non-linear rule on M(0.9) ⊕ M(0)",
+                    {"rule": _EXAMPLE_RULE, "c1": 0.05, "c2": 0.01, "L0": np.array([0.1, 0.1]), "H0": 0.0},
+                ),
+            ),
             described=_rllc_described,
             extra_error_inputs=_RLLC_ERROR_INPUTS,
             step_conditioning=memory_conditioning,

@@ -59,16 +59,39 @@ def _observation_inputs(name: str, knows_n: bool) -> list[ErrorInput]:
         return lambda obs: dataclasses.replace(obs, **{name: make(getattr(obs, name))})
 
     step = Phase.STEP
-    length = [ErrorInput(f"{name} one entry too many", step, ObservationError, name,
-                         observation=changed(lambda x: np.append(x, 1.0)))] if knows_n else []
+    length = (
+        [
+            ErrorInput(
+                f"{name} one entry too many",
+                step,
+                ObservationError,
+                name,
+                observation=changed(lambda x: np.append(x, 1.0)),
+            )
+        ]
+        if knows_n
+        else []
+    )
     return length + [
         ErrorInput(f"{name} NaN", step, ObservationError, name, observation=changed(lambda x: _with_entry(x, np.nan))),
         ErrorInput(f"{name} +Inf", step, ObservationError, name, observation=changed(lambda x: _with_entry(x, np.inf))),
-        ErrorInput(f"{name} -Inf", step, ObservationError, name, observation=changed(lambda x: _with_entry(x, -np.inf))),
-        ErrorInput(f"{name} as a column (n, 1)", step, ObservationError, name,
-                   observation=changed(lambda x: np.reshape(x, (-1, 1)))),
-        ErrorInput(f"{name} complex", step, ObservationError, name,
-                   observation=changed(lambda x: np.asarray(x, dtype=np.complex128))),
+        ErrorInput(
+            f"{name} -Inf", step, ObservationError, name, observation=changed(lambda x: _with_entry(x, -np.inf))
+        ),
+        ErrorInput(
+            f"{name} as a column (n, 1)",
+            step,
+            ObservationError,
+            name,
+            observation=changed(lambda x: np.reshape(x, (-1, 1))),
+        ),
+        ErrorInput(
+            f"{name} complex",
+            step,
+            ObservationError,
+            name,
+            observation=changed(lambda x: np.asarray(x, dtype=np.complex128)),
+        ),
         ErrorInput(f"{name} boolean", step, ObservationError, name, observation=changed(lambda x: np.asarray(x) > 0)),
         ErrorInput(f"{name} missing", step, ObservationError, name, observation=changed(lambda x: None)),
     ]
@@ -83,8 +106,15 @@ def shared_error_inputs(algo: str, needs: frozenset) -> list[ErrorInput]:
     inputs = _observation_inputs("grad", state_has_n or "params" in needs)
     if "params" in needs:
         inputs += _observation_inputs("params", True)
-    inputs.append(ErrorInput("observation not an Observation", Phase.STEP, ObservationError, "obs",
-                             observation=lambda obs: {"grad": obs.grad}))
+    inputs.append(
+        ErrorInput(
+            "observation not an Observation",
+            Phase.STEP,
+            ObservationError,
+            "obs",
+            observation=lambda obs: {"grad": obs.grad},
+        )
+    )
     init = Phase.INIT
     inputs += [
         ErrorInput("theta0 NaN", init, StateError, "theta0", theta0=lambda x: _with_entry(x, np.nan)),
@@ -97,15 +127,26 @@ def shared_error_inputs(algo: str, needs: frozenset) -> list[ErrorInput]:
         if f.shape == "scalar int":
             inputs += [
                 ErrorInput(f"state {f.name} negative", init, StateError, f.name, state=lambda s, n=f.name: {n: -1}),
-                ErrorInput(f"state {f.name} not an integer", init, StateError, f.name,
-                           state=lambda s, n=f.name: {n: 1.5}),
+                ErrorInput(
+                    f"state {f.name} not an integer", init, StateError, f.name, state=lambda s, n=f.name: {n: 1.5}
+                ),
             ]
         elif f.shape in ("n", "k", "n × k"):
             inputs += [
-                ErrorInput(f"state {f.name} NaN", init, StateError, f.name,
-                           state=lambda s, n=f.name: {n: _with_entry(s[n], np.nan)}),
-                ErrorInput(f"state {f.name} wrong shape", init, StateError, f.name,
-                           state=lambda s, n=f.name: {n: np.append(s[n], 0.0)}),
+                ErrorInput(
+                    f"state {f.name} NaN",
+                    init,
+                    StateError,
+                    f.name,
+                    state=lambda s, n=f.name: {n: _with_entry(s[n], np.nan)},
+                ),
+                ErrorInput(
+                    f"state {f.name} wrong shape",
+                    init,
+                    StateError,
+                    f.name,
+                    state=lambda s, n=f.name: {n: np.append(s[n], 0.0)},
+                ),
             ]
     return inputs
 
@@ -117,18 +158,41 @@ def domain_error_inputs(algo: str) -> list[ErrorInput]:
     for h in spec.section(algo).hyperparameters:
         if isinstance(h.domain, spec.Interval):
             for value in h.domain.outside():
-                inputs.append(ErrorInput(f"{h.name}={value!r} outside {h.domain}", Phase.CONSTRUCT,
-                                         HyperparameterError, h.name, hyperparameters={h.name: value}))
-            inputs.append(ErrorInput(f"{h.name} a string", Phase.CONSTRUCT, HyperparameterError, h.name,
-                                     hyperparameters={h.name: "0.5"}))
+                inputs.append(
+                    ErrorInput(
+                        f"{h.name}={value!r} outside {h.domain}",
+                        Phase.CONSTRUCT,
+                        HyperparameterError,
+                        h.name,
+                        hyperparameters={h.name: value},
+                    )
+                )
+            inputs.append(
+                ErrorInput(
+                    f"{h.name} a string", Phase.CONSTRUCT, HyperparameterError, h.name, hyperparameters={h.name: "0.5"}
+                )
+            )
         elif isinstance(h.domain, spec.Product):
             inside = [f.low if f.low_closed else (f.low + f.high) / 2 for f in h.domain.factors]
             for i, factor in enumerate(h.domain.factors):
                 for value in factor.outside():
                     bad = tuple(value if j == i else x for j, x in enumerate(inside))
-                    inputs.append(ErrorInput(f"{h.name}={bad!r}, entry {i} outside {factor}", Phase.CONSTRUCT,
-                                             HyperparameterError, h.name, hyperparameters={h.name: bad}))
-            inputs.append(ErrorInput(f"{h.name} with one entry too few", Phase.CONSTRUCT, HyperparameterError,
-                                     h.name, hyperparameters={h.name: tuple(inside[:-1])}))
+                    inputs.append(
+                        ErrorInput(
+                            f"{h.name}={bad!r}, entry {i} outside {factor}",
+                            Phase.CONSTRUCT,
+                            HyperparameterError,
+                            h.name,
+                            hyperparameters={h.name: bad},
+                        )
+                    )
+            inputs.append(
+                ErrorInput(
+                    f"{h.name} with one entry too few",
+                    Phase.CONSTRUCT,
+                    HyperparameterError,
+                    h.name,
+                    hyperparameters={h.name: tuple(inside[:-1])},
+                )
+            )
     return inputs
-

@@ -7,10 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from hypothesis import assume
 
 from .. import spec
 from .._core import Observation, observe
 from ..backends.reference import BACKEND as REFERENCE
+from ..errors import StepspecError
+from .catalog import CATALOG
 
 
 def state_field_names(algo: str) -> tuple[str, ...]:
@@ -30,9 +33,7 @@ def state_to_host(backend, algo: str, s) -> dict:
 
 def state_to_native(backend, fields: dict) -> dict:
     """Host state fields as ``init`` overrides for ``backend``."""
-    return {
-        name: backend.asarray(value) if isinstance(value, np.ndarray) else value for name, value in fields.items()
-    }
+    return {name: backend.asarray(value) if isinstance(value, np.ndarray) else value for name, value in fields.items()}
 
 
 def native_observation(backend, obs: Observation) -> Observation:
@@ -114,6 +115,25 @@ def finite_run(run_: Run, bound: float = 1e30) -> bool:
     reference run says nothing about conformance, and its gradients would be rejected as non-finite)."""
     return all(np.all(np.abs(theta) < bound) for theta in run_.thetas)
 
+
+def replay(backend, algo: str, optimizer, observations, theta0: np.ndarray, initial_state=None) -> Run:
+    """Feed the host observations of another run (the reference's), step for step."""
+    return _drive(
+        backend, algo, optimizer, lambda t, theta: observations[t - 1], theta0, len(observations), initial_state
+    )
+
+
+def reference_run(algo: str, hyperparameters: dict, problem, theta0, steps: int, initial_state=None) -> Run:
+    """The reference's run for a property, or a hypothesis rejection when it diverges: overflow, a
+    non-finite gradient or memory rejected by the reference, or |θ| beyond 1e30 (spec/tolerances.md)."""
+    optimizer = construct(REFERENCE, CATALOG[algo], hyperparameters)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = run(REFERENCE, algo, optimizer, problem, theta0, steps, initial_state)
+    except StepspecError:
+        assume(False)
+    assume(finite_run(result))
+    return result
 
 
 def problem_conditioning(problem) -> float:

@@ -20,15 +20,25 @@ from .report import Report
 
 # `record` and `backend` are meant to persist across examples: the record accumulates the largest
 # deviation over all of them.
-_QUIET_CHECKS = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large,
-                 HealthCheck.function_scoped_fixture]
+_QUIET_CHECKS = [
+    HealthCheck.too_slow,
+    HealthCheck.filter_too_much,
+    HealthCheck.data_too_large,
+    HealthCheck.function_scoped_fixture,
+]
 settings.register_profile(
-    "ci", max_examples=25, derandomize=True, database=None, deadline=None, print_blob=True,
+    "ci",
+    max_examples=25,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
     suppress_health_check=_QUIET_CHECKS,
 )
 settings.register_profile("dev", max_examples=10, deadline=None, suppress_health_check=_QUIET_CHECKS)
-settings.register_profile("thorough", max_examples=1000, deadline=None, print_blob=True,
-                          suppress_health_check=_QUIET_CHECKS)
+settings.register_profile(
+    "thorough", max_examples=1000, deadline=None, print_blob=True, suppress_health_check=_QUIET_CHECKS
+)
 DEFAULT_PROFILE = "ci"
 
 _BACKEND = pytest.StashKey()
@@ -41,9 +51,12 @@ _current_record: Record | None = None
 
 def pytest_addoption(parser):
     group = parser.getgroup("stepspec", "stepspec conformance")
-    group.addoption("--backend", default=os.environ.get("STEPSPEC_BACKEND", "reference"),
-                    help="backend under test: a built-in name, an entry point, or package.module:attribute "
-                         "(default: $STEPSPEC_BACKEND or reference)")
+    group.addoption(
+        "--backend",
+        default=os.environ.get("STEPSPEC_BACKEND", "reference"),
+        help="backend under test: a built-in name, an entry point, or package.module:attribute "
+        "(default: $STEPSPEC_BACKEND or reference)",
+    )
     group.addoption("--max-examples", type=int, default=None, help="override the hypothesis profile's max_examples")
     group.addoption("--stepspec-json", default=None, metavar="PATH", help="write the conformance report as JSON")
     group.addoption("--stepspec-report", action="store_true", help="print the algorithm × property table")
@@ -181,11 +194,13 @@ def pytest_runtest_makereport(item, call):
         message = ""
         if report.failed:
             message = str(call.excinfo.value).splitlines()[0] if call.excinfo else ""
-            report.sections.append((
-                "stepspec: reproduce",
-                f"python -m pytest '{item.path}::{item.name}' -p stepspec.conformance.plugin "
-                f"--backend {item.config.getoption('--backend')}",
-            ))
+            report.sections.append(
+                (
+                    "stepspec: reproduce",
+                    f"python -m pytest '{item.path}::{item.name}' -p stepspec.conformance.plugin "
+                    f"--backend {item.config.getoption('--backend')}",
+                )
+            )
         item.config.stash[_REPORT].add(algo, prop, item.nodeid, outcome, rec, message)
     return report
 

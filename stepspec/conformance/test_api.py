@@ -24,15 +24,21 @@ def test_hyperparameter_names_and_defaults(backend, record, algo):
     signature = inspect.signature(backend.algorithms[algo])
     accepted = {name: p for name, p in signature.parameters.items() if p.kind != p.VAR_KEYWORD}
     declared = {h.name: h for h in spec.section(algo).hyperparameters}
-    assert_holds(set(accepted) == set(declared),
-                 f"constructor parameters {sorted(accepted)} differ from the spec's {sorted(declared)}", ctx)
+    assert_holds(
+        set(accepted) == set(declared),
+        f"constructor parameters {sorted(accepted)} differ from the spec's {sorted(declared)}",
+        ctx,
+    )
     for name, h in declared.items():
         default = accepted[name].default
         if h.default == spec.REQUIRED:
             assert_holds(default is inspect.Parameter.empty, f"{name} must be required, has default {default!r}", ctx)
         elif h.default != spec.COMPUTED:
-            assert_holds(default is not inspect.Parameter.empty and np.all(np.equal(default, h.default)),
-                         f"default of {name} is {default!r}, spec says {h.default!r}", ctx)
+            assert_holds(
+                default is not inspect.Parameter.empty and np.all(np.equal(default, h.default)),
+                f"default of {name} is {default!r}, spec says {h.default!r}",
+                ctx,
+            )
 
 
 @pytest.mark.parametrize("algo", ALGORITHMS)
@@ -49,8 +55,11 @@ def test_state_fields(backend, record, algo):
         for f in spec.section(algo).state_fields:
             if f.shape in expected:
                 shape = np.shape(fields[f.name])
-                assert_holds(shape == expected[f.shape],
-                             f"state field {f.name} has shape {shape}, spec says {f.shape} = {expected[f.shape]}", ctx)
+                assert_holds(
+                    shape == expected[f.shape],
+                    f"state field {f.name} has shape {shape}, spec says {f.shape} = {expected[f.shape]}",
+                    ctx,
+                )
 
 
 @pytest.mark.parametrize("algo", ALGORITHMS)
@@ -60,5 +69,8 @@ def test_observation_needs(backend, record, algo):
     info = CATALOG[algo]
     for sample in info.samples:
         needs = set(construct(backend, info, sample.hyperparameters).needs)
-        assert_holds("grad" in needs and needs <= set(OBSERVATION_FIELDS),
-                     f"needs {sorted(needs)} must contain grad and lie in {OBSERVATION_FIELDS}", ctx)
+        assert_holds(
+            "grad" in needs and needs <= set(OBSERVATION_FIELDS),
+            f"needs {sorted(needs)} must contain grad and lie in {OBSERVATION_FIELDS}",
+            ctx,
+        )

@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 
 from .assertions import Context, assert_holds
-from .convergence import BUDGETS, START_SEEDS, TOLERANCE, configuration, problem, relative_suboptimality, steps_to_tolerance
+from .convergence import (
+    BUDGETS,
+    START_SEEDS,
+    TOLERANCE,
+    configuration,
+    problem,
+    relative_suboptimality,
+    steps_to_tolerance,
+)
 
 
 @pytest.mark.parametrize("algo, problem_name", list(BUDGETS))
@@ -15,6 +23,9 @@ def test_convergence(backend, record, algo, problem_name):
     ctx = Context(algo, f"convergence[{problem_name}]", configuration(algo, problem(problem_name).smoothness))
     for seed in START_SEEDS:
         steps = steps_to_tolerance(relative_suboptimality(backend, algo, problem_name, seed, budget))
-        assert_holds(steps is not None, f"start seed {seed}: relative suboptimality above {TOLERANCE:g} after "
-                                        f"{budget} steps on {problem_name}", ctx)
+        assert_holds(
+            steps is not None,
+            f"start seed {seed}: relative suboptimality above {TOLERANCE:g} after {budget} steps on {problem_name}",
+            ctx,
+        )
         record.observe(steps / budget, 1.0)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from .._core import Observation
+from ..backends.reference import BACKEND as REFERENCE
 from ..errors import StepspecError
 from .assertions import Context, assert_holds
 from .catalog import CATALOG
 from .error_inputs import Phase, domain_error_inputs, shared_error_inputs
-from ..backends.reference import BACKEND as REFERENCE
 from .harness import construct, native_observation, state_to_host, state_to_native
 
 N = 3
@@ -28,13 +28,19 @@ def _cases():
 
 
 def _check_raised(ctx, case, raised):
-    assert_holds(raised is not None, f"{case.desc}: no error raised, expected {case.error.__name__}({case.param!r})",
-                 ctx)
-    assert_holds(isinstance(raised, case.error),
-                 f"{case.desc}: raised {type(raised).__name__}: {raised}, expected {case.error.__name__}", ctx)
-    assert_holds(getattr(raised, "param", None) == case.param and case.param in str(raised),
-                 f"{case.desc}: error names {getattr(raised, 'param', None)!r} ({raised}), expected {case.param!r}",
-                 ctx)
+    assert_holds(
+        raised is not None, f"{case.desc}: no error raised, expected {case.error.__name__}({case.param!r})", ctx
+    )
+    assert_holds(
+        isinstance(raised, case.error),
+        f"{case.desc}: raised {type(raised).__name__}: {raised}, expected {case.error.__name__}",
+        ctx,
+    )
+    assert_holds(
+        getattr(raised, "param", None) == case.param and case.param in str(raised),
+        f"{case.desc}: error names {getattr(raised, 'param', None)!r} ({raised}), expected {case.param!r}",
+        ctx,
+    )
 
 
 def _raised(call):
@@ -65,8 +71,11 @@ def test_errors(backend, record, algo, case):
         s0 = state_to_host(backend, algo, optimizer.init(backend.asarray(theta0)))
         bad_theta = case.theta0(theta0) if case.theta0 else theta0
         overrides = case.state(s0) if case.state else {}
-        _check_raised(ctx, case, _raised(
-            lambda: optimizer.init(backend.asarray(bad_theta), **state_to_native(backend, overrides))))
+        _check_raised(
+            ctx,
+            case,
+            _raised(lambda: optimizer.init(backend.asarray(bad_theta), **state_to_native(backend, overrides))),
+        )
         return
     # STEP: two valid steps with the sample, then the bad observation (or the bad hyperparameter) from
     # that state; F (and G) must raise and leave the state they were given alone.

@@ -53,9 +53,11 @@ def test_cj2_matches_the_paper():
 
 _BLOCKS = st.one_of(
     st.tuples(st.just("M"), st.integers(1, 3), st.floats(-0.99, 0.99).map(lambda x: round(x, 3))),
-    st.tuples(st.just("CM"), st.integers(1, 2),
-              st.tuples(st.floats(-0.7, 0.7), st.floats(-0.7, 0.7)).map(lambda z: complex(round(z[0], 3),
-                                                                                         round(z[1], 3)))),
+    st.tuples(
+        st.just("CM"),
+        st.integers(1, 2),
+        st.tuples(st.floats(-0.7, 0.7), st.floats(-0.7, 0.7)).map(lambda z: complex(round(z[0], 3), round(z[1], 3))),
+    ),
 )
 
 
@@ -69,17 +71,24 @@ def _write(kind, m, value, style):
     return f"{kind}{index}({number})"
 
 
-@given(blocks=st.lists(_BLOCKS, min_size=1, max_size=4), style=st.integers(0, 2), joiner=st.sampled_from(
-    [" ⊕ ", "⊕", " + ", "+"]))
+@given(
+    blocks=st.lists(_BLOCKS, min_size=1, max_size=4),
+    style=st.integers(0, 2),
+    joiner=st.sampled_from([" ⊕ ", "⊕", " + ", "+"]),
+)
 def test_notation_round_trip(blocks, style, joiner):
     """propagator(notation) is the direct sum of the builders, for every spelling the spec accepts."""
     notation = joiner.join(_write(kind, m, value, style) for kind, m, value in blocks)
-    built = props.direct_sum(*[props.jordan(v, m) if kind == "M" else props.complex_jordan(v, m)
-                               for kind, m, v in blocks])
+    built = props.direct_sum(
+        *[props.jordan(v, m) if kind == "M" else props.complex_jordan(v, m) for kind, m, v in blocks]
+    )
     parsed = props.propagator(notation)
     ctx = Context("propagators", "notation_round_trip", {"notation": notation})
-    assert_holds(np.array_equal(parsed.B, built.B) and np.array_equal(parsed.a, built.a),
-                 f"{notation!r} parsed to B = {parsed.B.tolist()}", ctx)
+    assert_holds(
+        np.array_equal(parsed.B, built.B) and np.array_equal(parsed.a, built.a),
+        f"{notation!r} parsed to B = {parsed.B.tolist()}",
+        ctx,
+    )
 
 
 @pytest.mark.parametrize("notation, k", list(zip(props.TABLE_1, (1, 2, 3, 2, 3, 4, 3, 4))))
@@ -97,8 +106,26 @@ def test_memory_7_example():
     assert_holds(math.isclose(B[3, 4], -0.2) and math.isclose(B[4, 3], 0.2), "CM block orientation", CTX)
 
 
-MALFORMED = ["", "M(0.9) ⊕", "⊕ M(0.9)", "M(0.9) ⊕⊕ M(0)", "M0.9", "M(0.9", "M(0.9))", "X(0.5)", "M(abc)",
-             "M(nan)", "M(inf)", "M(1e999)", "M(0.3+0.2i)", "CM(0.3+0.2k)", "M0(0.5)", "CM(1_0)", "M(0.9) M(0)", 42]
+MALFORMED = [
+    "",
+    "M(0.9) ⊕",
+    "⊕ M(0.9)",
+    "M(0.9) ⊕⊕ M(0)",
+    "M0.9",
+    "M(0.9",
+    "M(0.9))",
+    "X(0.5)",
+    "M(abc)",
+    "M(nan)",
+    "M(inf)",
+    "M(1e999)",
+    "M(0.3+0.2i)",
+    "CM(0.3+0.2k)",
+    "M0(0.5)",
+    "CM(1_0)",
+    "M(0.9) M(0)",
+    42,
+]
 
 
 @pytest.mark.parametrize("notation", MALFORMED, ids=[repr(m) for m in MALFORMED])
@@ -110,5 +137,8 @@ def test_malformed_notation(notation):
         raised = None
     except NotationError as exc:
         raised = exc
-    assert_holds(raised is not None and raised.param == "notation" and "notation" in str(raised),
-                 f"{notation!r} was accepted or raised the wrong error", ctx)
+    assert_holds(
+        raised is not None and raised.param == "notation" and "notation" in str(raised),
+        f"{notation!r} was accepted or raised the wrong error",
+        ctx,
+    )
