@@ -204,18 +204,18 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
-def _tables(text: str) -> list[list[list[str]]]:
-    tables, current = [], []
+def tables(text: str) -> list[list[list[str]]]:
+    """The Markdown tables of ``text``, as rows of stripped cells, separator rows dropped."""
+    found, current = [], []
     for line in text.splitlines():
         if line.lstrip().startswith("|"):
             current.append(_cells(line))
         elif current:
-            tables.append(current)
+            found.append(current)
             current = []
     if current:
-        tables.append(current)
-    # drop the |---| separator row
-    return [[row for row in t if not all(set(c) <= set("-: ") for c in row)] for t in tables]
+        found.append(current)
+    return [[row for row in t if not all(set(c) <= set("-: ") for c in row)] for t in found]
 
 
 def _unquote(cell: str) -> str:
@@ -235,7 +235,7 @@ def _parse_page(path: Path) -> list[Section]:
         next_h2 = re.search(r"^## ", rest, re.MULTILINE)
         body = text[head.start() : head.end() + (next_h2.start() if next_h2 else len(rest))]
         hyper, state = [], []
-        for table in _tables(body):
+        for table in tables(body):
             header = [c.lower() for c in table[0]]
             if header[0] == "hyperparameter":
                 for row in table[1:]:

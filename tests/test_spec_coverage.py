@@ -60,7 +60,7 @@ def test_samples_construct(algo):
 def _spec_properties() -> set[str]:
     names = set()
     for page in spec.spec_dir().glob("*.md"):
-        for table in spec._tables(page.read_text(encoding="utf-8")):
+        for table in spec.tables(page.read_text(encoding="utf-8")):
             if table[0][0].lower() == "property" or (len(table[0]) > 1 and table[0][1].lower() == "property"):
                 column = 0 if table[0][0].lower() == "property" else 1
                 names |= {row[column].strip("`") for row in table[1:]}

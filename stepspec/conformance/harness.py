@@ -14,6 +14,7 @@ from .._core import Observation, observe
 from ..backends.reference import BACKEND as REFERENCE
 from ..errors import StepspecError
 from .catalog import CATALOG
+from .tolerance import deviation, series_scale
 
 
 def state_field_names(algo: str) -> tuple[str, ...]:
@@ -64,6 +65,7 @@ class Run:
     states: list = field(default_factory=list)
     observations: list = field(default_factory=list)
     deltas: list = field(default_factory=list)
+    source: tuple | None = None  # (algo, hyperparameters, problem, initial_state) of a reference run
 
 
 def _drive(backend, algo: str, optimizer, observe_at, theta0: np.ndarray, steps: int, initial_state) -> Run:
@@ -133,11 +135,70 @@ def reference_run(algo: str, hyperparameters: dict, problem, theta0, steps: int,
     except StepspecError:
         assume(False)
     assume(finite_run(result))
+    result.source = (algo, hyperparameters, problem, initial_state)
     return result
 
 
-def problem_conditioning(problem) -> float:
-    """L/μ of a strongly convex problem, else 1: how much a perturbation of θ can be amplified
-    relative to the trajectory's scale over a stable run (spec/tolerances.md)."""
-    mu = getattr(problem, "strong_convexity", None)
-    return problem.smoothness / mu if mu else 1.0
+PERTURBATION = 1e-9
+"""Relative size of the perturbations with which ``perturbation_growth`` probes a run."""
+
+
+class _Perturbed:
+    """``problem`` observed at θ + δ_t instead of θ: every evaluation of step t is off by a fixed
+    vector δ_t of entries ±size (signs seeded by t), as if θ carried an error at every step."""
+
+    def __init__(self, problem, size: float):
+        self.problem, self.size = problem, size
+
+    def batch(self, t: int):
+        f_t = self.problem.batch(t) if hasattr(self.problem, "batch") else self.problem
+        return _ShiftedStep(f_t, self.size * np.random.default_rng(t).choice((-1.0, 1.0), size=f_t.n))
+
+
+class _ShiftedStep:
+    def __init__(self, f, delta):
+        self.f, self.delta, self.n = f, delta, f.n
+
+    def grad(self, theta):
+        return self.f.grad(theta + self.delta)
+
+    def loss(self, theta):
+        return self.f.loss(theta + self.delta)
+
+    def hvp(self, theta, v):
+        return self.f.hvp(theta + self.delta, v)
+
+
+def perturbation_growth(reference: Run) -> float:
+    """G of spec/tolerances.md: how much the dynamics of a reference run amplify errors. The run is
+    repeated with every observation taken at θ_t + δ_t, |δ_t,i| = 1e-9 · max_t ‖θ_t‖_∞ (an error
+    injected at every step, as round-off is), and G is the largest relative deviation of θ or of an
+    array state field, divided by the relative size of δ (at least 1). A run that diverges when
+    perturbed is rejected, not compared."""
+    algo, hyperparameters, problem, initial_state = reference.source
+    scale = series_scale(reference.thetas)
+    optimizer = construct(REFERENCE, CATALOG[algo], hyperparameters)
+    perturbed_problem = _Perturbed(problem, PERTURBATION * scale)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            perturbed = run(
+                REFERENCE,
+                algo,
+                optimizer,
+                perturbed_problem,
+                reference.thetas[0],
+                len(reference.thetas) - 1,
+                initial_state,
+            )
+    except StepspecError:
+        assume(False)
+    assume(finite_run(perturbed))
+    series = [(perturbed.thetas, reference.thetas)] + [
+        ([s[name] for s in perturbed.states], [s[name] for s in reference.states])
+        for name, value in reference.states[0].items()
+        if isinstance(value, np.ndarray)
+    ]
+    growth = max(
+        max(deviation(a, e, series_scale(expected))[0] for a, e in zip(actual, expected)) for actual, expected in series
+    )
+    return max(growth / PERTURBATION, 1.0)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from .assertions import Context, assert_close, assert_holds, assert_series_close
 from .catalog import CATALOG
-from .harness import construct, open_loop, problem_conditioning, reference_run, run
+from .harness import construct, open_loop, perturbation_growth, reference_run, run
 from .strategies import gradient_sequences, horizons, hyperparameters, problems, vectors
 from .tolerance import tolerance
 
@@ -32,7 +32,7 @@ def test_zero_beta_is_sgd(backend, record, algo, lr, case):
     ctx = Context(algo, "zero_beta_is_sgd", {"lr": lr, "beta": 0.0})
     target = reference_run("sgd", {"lr": lr}, problem, theta0, steps)
     mine = _run(backend, algo, {"lr": lr, "beta": 0.0}, problem, theta0, steps)
-    tol = tolerance(backend.dtype, steps, problem_conditioning(problem))
+    tol = tolerance(backend.dtype, steps, perturbation_growth(target))
     assert_series_close(mine.thetas, target.thetas, tol=tol, what="theta", ctx=ctx, record=record)
 
 
@@ -94,7 +94,7 @@ def test_adamw_without_decay_is_adam(backend, record, data, case):
     ctx = Context("adamw", "adamw_without_decay_is_adam", hp)
     target = reference_run("adam", hp, problem, theta0, steps)
     mine = _run(backend, "adamw", hp, problem, theta0, steps)
-    tol = tolerance(backend.dtype, steps, problem_conditioning(problem))
+    tol = tolerance(backend.dtype, steps, perturbation_growth(target))
     assert_series_close(mine.thetas, target.thetas, tol=tol, what="theta", ctx=ctx, record=record)
 
 

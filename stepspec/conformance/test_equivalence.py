@@ -18,7 +18,7 @@ from .catalog import CATALOG
 from .harness import (
     construct,
     native_observation,
-    problem_conditioning,
+    perturbation_growth,
     reference_run,
     run,
     state_to_host,
@@ -86,7 +86,7 @@ def test_equivalence_free_running(backend, record, algo, data):
     ctx = Context(algo, "equivalence_free_running", hp)
     mine = run(backend, algo, construct(backend, info, hp), problem, theta0, len(ref.thetas) - 1)
     steps = len(ref.thetas) - 1
-    conditioning = max(info.step_conditioning(s) for s in ref.states) * problem_conditioning(problem)
+    conditioning = max(info.step_conditioning(s) for s in ref.states) * perturbation_growth(ref)
     tol = tolerance(backend.dtype, steps, conditioning)
     assert_series_close(mine.thetas, ref.thetas, tol=tol, what="theta", ctx=ctx, record=record)
     for name in _array_fields(ref.states):
