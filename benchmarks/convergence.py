@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from _plotting import pyplot
+
 from stepspec.backends import resolve
 from stepspec.conformance.convergence import (
     BUDGETS,
@@ -45,13 +47,8 @@ def main(argv=None) -> int:
         worst = None if None in counts else max(counts)
         shown = ", ".join("-" if c is None else str(c) for c in counts)
         print(f"{algo:<10} {name:<10} {shown:<32} {worst if worst is not None else '-':>6} {budget:>7}", flush=True)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from _plotting import pyplot
 
 from stepspec import iterate
 from stepspec import problems as P
@@ -44,13 +45,8 @@ def main(argv=None) -> int:
     ratio = laws[:, 0] / laws[:, 1]
     crossing = np.flatnonzero((ratio[:-1] - BETA) * (ratio[1:] - BETA) <= 0)
     print(f"L_1/L_2 = β = {BETA} (the NAG law of App. A) at t = {crossing[0] + 1 if crossing.size else 'never'}")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
