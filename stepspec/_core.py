@@ -18,7 +18,7 @@ import numpy as np
 from . import spec
 from .errors import ObservationError, StateError
 
-OBSERVATION_FIELDS = ("grad", "params", "loss", "hvp")
+OBSERVATION_FIELDS = ("grad", "params", "loss", "hvp", "third")
 
 
 @dataclass(frozen=True)
@@ -29,12 +29,14 @@ class Observation:
     params: θ_{t-1}, shape (n,)
     loss:   f_t(θ_{t-1}), a real scalar
     hvp:    v ↦ ∇²f_t(θ_{t-1}) v
+    third:  (u, v) ↦ ∇³f_t(θ_{t-1})[u, v] = d/dθ (∇²f_t(θ) u)·v at θ_{t-1}
     """
 
     grad: object
     params: object = None
     loss: object = None
     hvp: Callable | None = None
+    third: Callable | None = None
 
 
 # --------------------------------------------------------------------------- states
@@ -185,35 +187,55 @@ class Optimizer(abc.ABC):
         loss = None
         if "loss" in self.needs:
             loss = float(as_real_array("loss", obs.loss, ObservationError, shape=()))
-        if "hvp" in self.needs and not callable(obs.hvp):
-            raise ObservationError("hvp", f"must be callable v ↦ ∇²f v, got {type(obs.hvp).__name__}")
-        return Observation(grad, params, loss, obs.hvp if "hvp" in self.needs else None)
+        curvature = {}
+        for name, meaning in (("hvp", "v ↦ ∇²f v"), ("third", "(u, v) ↦ ∇³f[u, v]")):
+            if name in self.needs:
+                function = getattr(obs, name)
+                if not callable(function):
+                    raise ObservationError(name, f"must be callable {meaning}, got {type(function).__name__}")
+                curvature[name] = _checked_product(name, function, grad.shape[0])
+        return Observation(grad, params, loss, curvature.get("hvp"), curvature.get("third"))
 
     def _check_state_field(self, name: str, value, default):
-        """An override must look like the default: same array shape, or a non-negative int counter.
-        Other fields (an RLLC rule's hidden state) are the rule's business."""
+        """An override must look like the default: same array shape, a non-negative int counter, or a
+        finite real scalar. Other fields (an RLLC rule's hidden state) are the rule's business."""
         if isinstance(default, np.ndarray):
             return as_real_array(name, value, StateError, default.shape)
         if isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise StateError(name, f"must be a non-negative integer, got {value!r}")
             return int(value)
+        if isinstance(default, float):
+            return float(as_real_array(name, value, StateError, shape=()))
         return value
+
+
+def _checked_product(name: str, function: Callable, n: int) -> Callable:
+    """``function`` with its results checked like an observation: finite real vectors of shape (n,)."""
+
+    def checked(*vectors):
+        return as_vector(name, function(*vectors), ObservationError, n)
+
+    return checked
 
 
 # --------------------------------------------------------------------------- running
 
 
 def observe(problem, theta: np.ndarray, needs) -> Observation:
-    """The observation of ``problem`` (f_t) at θ_{t-1}, with the fields the optimizer needs."""
-    missing = [m for m, field in (("loss", "loss"), ("hvp", "hvp")) if field in needs and not hasattr(problem, m)]
-    if missing:
-        raise TypeError(f"the optimizer needs {missing} but {type(problem).__name__} does not provide them")
+    """The observation of ``problem`` (f_t) at θ_{t-1}, with the fields the optimizer needs; the
+    problem provides them as methods of the same names (``third(theta, u, v)`` for third order)."""
+    for field in ("loss", "hvp", "third"):
+        if field in needs and not hasattr(problem, field):
+            raise ObservationError(
+                field, f"the optimizer needs Observation.{field}, but {type(problem).__name__} has no {field} method"
+            )
     return Observation(
         grad=problem.grad(theta),
         params=theta if "params" in needs else None,
         loss=problem.loss(theta) if "loss" in needs else None,
         hvp=(lambda v: problem.hvp(theta, v)) if "hvp" in needs else None,
+        third=(lambda u, v: problem.third(theta, u, v)) if "third" in needs else None,
     )
 
 

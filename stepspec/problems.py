@@ -56,6 +56,11 @@ class Quadratic:
         _vector("theta", theta, self.n)
         return self.A @ _vector("v", v, self.n)
 
+    def third(self, theta, u, v):
+        """∇³f[u, v] = 0: the Hessian is constant."""
+        _vector("theta", theta, self.n)
+        return np.zeros(self.n)
+
     @functools.cached_property
     def minimizer(self):
         return np.linalg.solve(self.A, self.b) if self.strong_convexity else None
@@ -109,6 +114,11 @@ class LeastSquares:
     def hvp(self, theta, v):
         _vector("theta", theta, self.n)
         return self.X.T @ (self.X @ _vector("v", v, self.n)) / self.m
+
+    def third(self, theta, u, v):
+        """∇³f[u, v] = 0: the Hessian XᵀX/m is constant."""
+        _vector("theta", theta, self.n)
+        return np.zeros(self.n)
 
     @functools.cached_property
     def _gram_eigenvalues(self):
@@ -183,6 +193,12 @@ class Logistic:
         p = _sigmoid(self.X @ theta)
         return self.X.T @ (p * (1 - p) * (self.X @ v)) / self.m + self.l2 * v
 
+    def third(self, theta, u, v):
+        """∇³f[u, v] = Xᵀ(p(1 − p)(1 − 2p) ⊙ Xu ⊙ Xv)/m, p = σ(Xθ): the derivative of ∇²f u along v."""
+        theta, u, v = _vector("theta", theta, self.n), _vector("u", u, self.n), _vector("v", v, self.n)
+        p = _sigmoid(self.X @ theta)
+        return self.X.T @ (p * (1 - p) * (1 - 2 * p) * (self.X @ u) * (self.X @ v)) / self.m
+
     @property
     def smoothness(self):
         return float(np.linalg.eigvalsh(self.X.T @ self.X)[-1] / (4 * self.m) + self.l2)
@@ -252,6 +268,9 @@ class MiniBatch:
     def hvp(self, theta, v):
         return self.full.hvp(theta, v)
 
+    def third(self, theta, u, v):
+        return self.full.third(theta, u, v)
+
     @property
     def minimizer(self):
         return self.full.minimizer
@@ -267,6 +286,32 @@ class MiniBatch:
     @property
     def strong_convexity(self):
         return self.full.strong_convexity
+
+
+class SuttonTask:
+    """The non-stationary linear regression of Sutton 1992, Experiment 1 (spec/idbd.md#experiment-1):
+    inputs x ~ N(0, I_n), target y* = Σ_{i<relevant} s_i x_i with s_i = ±1 and no noise; every
+    ``flip_every`` examples one s_i, chosen at random, flips sign. f_t = ½(x_tᵀw − y*_t)², a
+    one-row least-squares problem; everything is drawn from Generator(seed, t), so f_t depends only on
+    (seed, t)."""
+
+    def __init__(self, n: int = 20, relevant: int = 5, flip_every: int = 20, seed: int = 0):
+        if not 1 <= relevant <= n:
+            raise ValueError(f"relevant must lie in [1, {n}], got {relevant}")
+        self.n, self.relevant, self.flip_every, self.seed = n, relevant, flip_every, seed
+        self._signs = [np.random.default_rng([seed, 0]).choice((-1.0, 1.0), size=relevant)]
+
+    def signs(self, t: int) -> np.ndarray:
+        """s at example t (t ≥ 1); one flip at every t that is a multiple of ``flip_every``."""
+        while len(self._signs) <= t // self.flip_every:
+            flipped = self._signs[-1].copy()
+            flipped[np.random.default_rng([self.seed, 1, len(self._signs)]).integers(self.relevant)] *= -1
+            self._signs.append(flipped)
+        return self._signs[t // self.flip_every]
+
+    def batch(self, t: int) -> LeastSquares:
+        x = np.random.default_rng([self.seed, 2, t]).standard_normal(self.n)
+        return LeastSquares(x[None, :], np.array([self.signs(t) @ x[: self.relevant]]))
 
 
 # --------------------------------------------------------------------------- non-convex
@@ -304,6 +349,15 @@ class Rosenbrock:
         hv[1:] += off * v[:-1]
         return hv
 
+    def third(self, theta, u, v):
+        """∇³f[u, v]: the non-zero third derivatives are f_iii = 24b x_i and f_{i,i,i+1} = −4b."""
+        x, u, v = _vector("theta", theta, self.n), _vector("u", u, self.n), _vector("v", v, self.n)
+        out = np.zeros(self.n)
+        head_u, head_v, tail_u, tail_v = u[:-1], v[:-1], u[1:], v[1:]
+        out[:-1] += 24 * self.b * x[:-1] * head_u * head_v - 4 * self.b * (head_u * tail_v + tail_u * head_v)
+        out[1:] += -4 * self.b * head_u * head_v
+        return out
+
     @property
     def minimizer(self):
         """(a, a²) for n = 2; all ones for a = 1; otherwise not in closed form (None)."""
@@ -335,3 +389,7 @@ class Saddle:
         _vector("theta", theta, 2)
         v = _vector("v", v, 2)
         return np.array([2 * v[0], -2 * v[1]])
+
+    def third(self, theta, u, v):
+        _vector("theta", theta, 2)
+        return np.zeros(2)

@@ -23,7 +23,9 @@ import stepspec._core
 from stepspec import reference
 from stepspec.backends.reference import ReferenceBackend
 
-REFERENCE_MODULES = ("stepspec.reference.propagators", "stepspec.reference.classical", "stepspec.reference.rllc")
+REFERENCE_MODULES = ("stepspec.reference.propagators",) + tuple(
+    sorted({constructor.__module__ for constructor in reference.ALGORITHMS.values()})
+)
 SHARED_TYPES = ("Observation",)  # kept identical in copies, so the suite's observations are accepted
 
 

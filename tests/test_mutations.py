@@ -22,6 +22,9 @@ from .mutants import Kill, SourceMutant, WrapperMutant, _InPlace, _Noisy, mutant
 CLASSICAL = "stepspec.reference.classical"
 RLLC = "stepspec.reference.rllc"
 PROPAGATORS = "stepspec.reference.propagators"
+METAOPTIMIZE = "stepspec.reference.metaoptimize"
+IDBD = "stepspec.reference.idbd"
+HYPERGRADIENT = "stepspec.reference.hypergradient"
 
 
 def K(test, **params):
@@ -292,6 +295,161 @@ MUTANTS = [
         "return float(np.linalg.norm(B, 2))",
         (K("test_rllc.py::test_spectral_radius_not_norm"),),
     ),
+    # ---------------------------------------------------------------- MetaOptimize and its special cases
+    SourceMutant(
+        "idbd-clips-h-not-the-factor",
+        IDBD,
+        "h = s.h * np.maximum(1 - alpha * x2, 0.0) - alpha * g",
+        "h = np.maximum(s.h * (1 - alpha * x2), 0.0) - alpha * g",
+        (K("test_metaoptimize.py::test_idbd_is_a_special_case", algo="idbd"),),
+    ),
+    SourceMutant(
+        "idbd-old-step-size",
+        IDBD,
+        "alpha = np.exp(beta)  # (I4)",
+        "alpha = np.exp(s.beta)  # (I4)",
+        (K("test_metaoptimize.py::test_idbd_is_a_special_case", algo="idbd"),),
+    ),
+    SourceMutant(
+        "xu-decay-without-alpha",
+        IDBD,
+        "H = s.H - alpha[:, None] * hess_H - np.diag(alpha * g)",
+        "H = s.H - hess_H - np.diag(alpha * g)",
+        (K("test_metaoptimize.py::test_xu_is_a_special_case", algo="idbd_nonlinear"),),
+    ),
+    SourceMutant(
+        "meta-first-uses-old-beta",
+        METAOPTIMIZE,
+        'beta_for_base = meta.beta if self.order == "meta_first" else s.beta',
+        "beta_for_base = s.beta",
+        (
+            K("test_metaoptimize.py::test_idbd_is_a_special_case", algo="metaoptimize"),
+            K("test_metaoptimize.py::test_xu_is_a_special_case", algo="metaoptimize"),
+            K("test_metaoptimize.py::test_hypergradient_is_a_special_case", algo="metaoptimize"),
+            K("test_metaoptimize.py::test_hypergradient_in_algorithm_1_order"),
+        ),
+    ),
+    SourceMutant(
+        "clip-at-one-half",
+        METAOPTIMIZE,
+        "decay = np.maximum(decay, 0.0)",
+        "decay = np.maximum(decay, 0.5)",
+        (K("test_metaoptimize.py::test_idbd_is_a_special_case", algo="metaoptimize"),),
+    ),
+    SourceMutant(
+        "hypergradient-sign",
+        HYPERGRADIENT,
+        "h = -float(g @ s.direction)",
+        "h = float(g @ s.direction)",
+        (
+            K("test_metaoptimize.py::test_hypergradient_is_a_special_case", algo="hypergradient"),
+            K("test_hypergradient.py::test_sgd_hd_step_size_rule"),
+        ),
+    ),
+    SourceMutant(
+        "adam-hd-epsilon-inside",
+        HYPERGRADIENT,
+        "direction = (m / b1) / (np.sqrt(v / b2) + self.eps)",
+        "direction = (m / b1) / np.sqrt(v / b2 + self.eps)",
+        (K("test_hypergradient.py::test_zero_hypergradient_rate_is_the_base", base="adam"),),
+    ),
+    SourceMutant(
+        "adam-hd-authors-is-paper",
+        HYPERGRADIENT,
+        "direction = np.sqrt(b2) / b1 * m / (np.sqrt(v) + self.eps)",
+        "direction = (m / b1) / (np.sqrt(v / b2) + self.eps)",
+        (K("test_hypergradient.py::test_adam_hd_authors_epsilon"),),
+    ),
+    SourceMutant(
+        "l-keeps-the-x-coupling",
+        METAOPTIMIZE,
+        'if self.approximation != "L":',
+        "if True:",
+        (K("test_metaoptimize.py::test_l_approximation_keeps_y_identity"),),
+    ),
+    SourceMutant(
+        "lion-meta-reacts-to-z",
+        METAOPTIMIZE,
+        "np.sign(c * m + (1 - c) * z), beta_z=zero",
+        "np.sign(c * m + (1 - c) * z), beta_z=np.full_like(z, -eta)",
+        (
+            K("test_metaoptimize.py::test_lion_meta_keeps_y_identity"),
+            K("test_metaoptimize.py::test_surrogate_gradient_lion_meta"),
+        ),
+    ),
+    SourceMutant(
+        "meta-rows-without-hessian",
+        METAOPTIMIZE,
+        "dz = hess_H.T @ Pw",
+        "dz = H.T @ Pw",
+        (K("test_metaoptimize.py::test_hessian_free_2x2_is_l"),),
+    ),
+    SourceMutant(
+        "sgdm-old-momentum",
+        METAOPTIMIZE,
+        "D=new_m,",
+        "D=m,",
+        (K("test_metaoptimize.py::test_zero_meta_rate_is_the_base"),),
+    ),
+    SourceMutant(
+        "adam-meta-moves-at-step-1",
+        METAOPTIMIZE,
+        "beta=shrink * beta - eta * N.value",
+        "beta=shrink * beta - eta * (N.value + 1e-3)",
+        (K("test_metaoptimize.py::test_first_meta_step_is_zero"),),
+    ),
+    SourceMutant(
+        "printed-algorithm-2",
+        METAOPTIMIZE,
+        "C = gamma * Yb + (1 - gamma) * np.eye(m)",
+        "C = Yb",
+        (K("test_metaoptimize.py::test_algorithm2_printed_h_update"),),
+    ),
+    SourceMutant(
+        "forcing-with-alpha-not-sigma-prime",
+        METAOPTIMIZE,
+        "forcing = -(base.D + self.kappa * w) * dalpha",
+        "forcing = -(base.D + self.kappa * w) * alpha",
+        (
+            K("test_metaoptimize.py::test_algorithm3_h_update"),
+            K("test_metaoptimize.py::test_hypergradient_is_a_special_case", algo="metaoptimize"),
+        ),
+    ),
+    SourceMutant(
+        "trace-without-hessian",
+        METAOPTIMIZE,
+        "Pw - self.kappa * alpha[:, None] * Pw - (alpha * base.D_g)[:, None] * hess_Pw",
+        "Pw - self.kappa * alpha[:, None] * Pw",
+        (K("test_metaoptimize.py::test_surrogate_gradient_at_zero_meta_rate"),),
+    ),
+    SourceMutant(
+        "full-without-q-coupling",
+        METAOPTIMIZE,
+        'dz = dz + np.einsum("k,ikj->ij", g, Ph.reshape(m, n, m))',
+        'dz = dz + 0 * np.einsum("k,ikj->ij", g, Ph.reshape(m, n, m))',
+        (K("test_metaoptimize.py::test_surrogate_gradient_orders", approximation="full", base="sgd", seed=0),),
+    ),
+    SourceMutant(
+        "meta-rate-ignored",
+        METAOPTIMIZE,
+        'eta, rho, lam, c, eps = hp["eta"],',
+        "eta, rho, lam, c, eps = 0.0,",
+        (K("test_metaoptimize.py::test_surrogate_gradient_full_is_not_exact", base="sgd", seed=0),),
+    ),
+    SourceMutant(
+        "adam-meta-hundredfold-slower",
+        METAOPTIMIZE,
+        "beta=shrink * beta - eta * N.value",
+        "beta=shrink * beta - 0.01 * eta * N.value",
+        (K("test_metaoptimize.py::test_robust_to_small_initial_step", problem_name="quadratic"),),
+    ),
+    SourceMutant(
+        "authors-code-decays-y",
+        METAOPTIMIZE,
+        "        if authors:  # the authors' code carries no Y trace",
+        "        if False:  # the authors' code carries no Y trace",
+        (K("test_metaoptimize.py::test_authors_code_keeps_y_identity"),),
+    ),
     # ---------------------------------------------------------------- propagator builders (host utilities)
     SourceMutant(
         "jordan-ones-below",
@@ -398,6 +556,7 @@ settings.register_profile(
     phases=[Phase.explicit, Phase.generate],
     suppress_health_check=list(HealthCheck),
     print_blob=False,
+    report_multiple_bugs=False,  # the first failure kills the mutant
 )
 
 

@@ -71,3 +71,22 @@ def test_saddle_is_unbounded():
 def test_bad_problem_input(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_third_derivative_matches_central_differences_of_hvp(name):
+    f = PROBLEMS[name](3)
+    rng = np.random.default_rng(4)
+    theta, u, v, h = rng.standard_normal(f.n), rng.standard_normal(f.n), rng.standard_normal(f.n), 1e-5
+    fd = (f.hvp(theta + h * v, u) - f.hvp(theta - h * v, u)) / (2 * h)
+    assert np.allclose(f.third(theta, u, v), fd, rtol=1e-6, atol=1e-6 * max(np.abs(fd).max(), 1e-12))
+    assert np.allclose(f.third(theta, u, v), f.third(theta, v, u), rtol=1e-12, atol=1e-12)  # symmetric
+
+
+def test_sutton_task_follows_the_protocol():
+    task = P.SuttonTask(n=20, relevant=5, flip_every=20, seed=1)
+    f = task.batch(7)
+    assert f.X.shape == (1, 20) and f.y[0] == pytest.approx(task.signs(7) @ f.X[0, :5])
+    flips = [int(np.sum(task.signs(t) != task.signs(t - 1))) for t in range(1, 200)]
+    assert flips == [1 if t % 20 == 0 else 0 for t in range(1, 200)]  # one sign every 20 examples
+    assert np.array_equal(P.SuttonTask(seed=1).batch(55).X, task.batch(55).X)  # replayable

@@ -209,6 +209,71 @@ _RLLC_ERROR_INPUTS = (
     ),
 )
 
+
+@st.composite
+def _metaoptimize_described(draw):
+    return {"blocks": draw(st.sampled_from(["scalar", "weightwise"])), "clip_decay": draw(st.booleans())}
+
+
+_MO = "metaoptimize"
+_METAOPTIMIZE_ERROR_INPUTS = (
+    ErrorInput(
+        "blocks leave an id unused",
+        Phase.CONSTRUCT,
+        HyperparameterError,
+        "blocks",
+        hyperparameters={"blocks": np.array([0, 2, 2])},
+    ),
+    ErrorInput(
+        "blocks not integers",
+        Phase.CONSTRUCT,
+        HyperparameterError,
+        "blocks",
+        hyperparameters={"blocks": np.array([0.0, 0.5, 1.0])},
+    ),
+    ErrorInput(
+        "blocks an unknown name",
+        Phase.CONSTRUCT,
+        HyperparameterError,
+        "blocks",
+        hyperparameters={"blocks": "layerwise"},
+    ),
+    ErrorInput(
+        "blocks for the wrong number of weights",
+        Phase.INIT,
+        HyperparameterError,
+        "blocks",
+        hyperparameters={"blocks": np.array([0, 1])},
+    ),
+    ErrorInput(
+        "clip_decay not a bool", Phase.CONSTRUCT, HyperparameterError, "clip_decay", hyperparameters={"clip_decay": 1}
+    ),
+    ErrorInput(
+        "clip_decay without the diagonal Hessian",
+        Phase.CONSTRUCT,
+        HyperparameterError,
+        "clip_decay",
+        hyperparameters={"clip_decay": True, "hessian": "exact"},
+    ),
+    ErrorInput(
+        "full with the diagonal Hessian",
+        Phase.CONSTRUCT,
+        HyperparameterError,
+        "hessian",
+        hyperparameters={"hessian": "diagonal"},
+    ),
+    ErrorInput(
+        "meta_first with full", Phase.CONSTRUCT, HyperparameterError, "order", hyperparameters={"order": "meta_first"}
+    ),
+    ErrorInput(
+        "authors_code with full",
+        Phase.CONSTRUCT,
+        HyperparameterError,
+        "convention",
+        hyperparameters={"convention": "authors_code"},
+    ),
+)
+
 CATALOG: dict[str, AlgorithmInfo] = {
     info.algo: info
     for info in (
@@ -269,6 +334,89 @@ CATALOG: dict[str, AlgorithmInfo] = {
             (Sample("NAG law on M(0.9) ⊕ M(0)", {"B": _NAG_LAW.B, "a": _NAG_LAW.a, "L": np.array([0.09, 0.1])}),),
             described=_linear_memory_described,
             extra_error_inputs=_propagator_error_inputs("L", np.array([0.09, 0.1])),
+        ),
+        AlgorithmInfo(
+            _MO,
+            {
+                "alpha0": (1e-3, 0.3),
+                "eta": (0.0, 0.05),
+                "gamma": (0.0, 1.0),
+                "rho": (0.0, 0.99),
+                "lam": (0.5, 0.999),
+                "c": (0.0, 0.99),
+                "kappa": (0.0, 0.1),
+                "eps": (1e-8, 1e-3),
+                "meta_rho": (0.0, 0.99),
+                "meta_lam": (0.5, 0.999),
+                "meta_c": (0.0, 0.99),
+                "meta_kappa": (0.0, 0.5),
+                "meta_eps": (1e-8, 1e-3),
+            },
+            (
+                Sample(
+                    "(adamw, adam), full, exact Hessian, κ 0.1",
+                    {
+                        "base": "adamw",
+                        "meta": "adam",
+                        "alpha0": 0.01,
+                        "kappa": 0.1,
+                        "approximation": "full",
+                        "hessian": "exact",
+                    },
+                ),
+                Sample(
+                    "(sgd, sgd), 2x2, exact Hessian", {"base": "sgd", "meta": "sgd", "alpha0": 0.05, "hessian": "exact"}
+                ),
+                Sample("Algorithm 3 (lion, lion)", {"base": "lion", "meta": "lion", "alpha0": 1e-3, "kappa": 0.1}),
+                Sample(
+                    "IDBD configuration",
+                    {
+                        "base": "sgd",
+                        "meta": "sgd",
+                        "alpha0": 0.05,
+                        "eta": 0.01,
+                        "blocks": "weightwise",
+                        "approximation": "L",
+                        "hessian": "diagonal",
+                        "clip_decay": True,
+                        "order": "meta_first",
+                    },
+                ),
+                Sample(
+                    "authors' code (adamw, adam)",
+                    {
+                        "base": "adamw",
+                        "meta": "adam",
+                        "alpha0": 1e-3,
+                        "convention": "authors_code",
+                        "eps": 1e-10,
+                        "meta_eps": 1e-10,
+                    },
+                ),
+            ),
+            described=_metaoptimize_described,
+            extra_error_inputs=_METAOPTIMIZE_ERROR_INPUTS,
+        ),
+        AlgorithmInfo(
+            "idbd", {"alpha0": (1e-3, 0.2), "eta": (0.0, 0.05)}, (Sample("Sutton 1992", {"alpha0": 0.05, "eta": 0.01}),)
+        ),
+        AlgorithmInfo(
+            "idbd_nonlinear",
+            {"alpha0": (1e-3, 0.2), "eta": (0.0, 0.05)},
+            (Sample("α₀ 0.05, η 0.01", {"alpha0": 0.05, "eta": 0.01}),),
+        ),
+        AlgorithmInfo(
+            "hypergradient",
+            {
+                "alpha0": (0.0, 0.3),
+                "hypergradient_lr": (0.0, 0.01),
+                "betas": ((0.0, 0.99), (0.5, 0.9999)),
+                "eps": (1e-10, 1e-4),
+            },
+            (
+                Sample("Adam-HD", {"base": "adam", "alpha0": 0.01, "hypergradient_lr": 1e-4}),
+                Sample("SGD-HD", {"base": "sgd", "alpha0": 0.05, "hypergradient_lr": 1e-3}),
+            ),
         ),
     )
 }

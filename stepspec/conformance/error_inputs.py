@@ -38,7 +38,7 @@ class ErrorInput:
     theta0: Callable[[np.ndarray], object] | None = None  # INIT: θ_0 ↦ bad θ_0
     state: Callable[[dict], dict] | None = None  # INIT: valid S_0 fields ↦ bad overrides
     observation: Callable[[Observation], Observation] | None = None  # STEP: valid obs ↦ bad obs
-    check_G: bool = True  # STEP: G must reject the observation too
+    check_G: bool = True  # STEP: G must reject the observation too (not when the fault shows only once called)
 
 
 def _with_entry(x: np.ndarray, value) -> np.ndarray:

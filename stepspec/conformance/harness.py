@@ -37,19 +37,25 @@ def state_to_native(backend, fields: dict) -> dict:
     return {name: backend.asarray(value) if isinstance(value, np.ndarray) else value for name, value in fields.items()}
 
 
+def _native_function(backend, host_function):
+    """A host function of host vectors as a function of native vectors, returning native."""
+    if host_function is None:
+        return None
+
+    def native(*vectors):
+        host = (np.asarray(backend.to_numpy(v), dtype=np.float64) for v in vectors)
+        return backend.asarray(host_function(*host))
+
+    return native
+
+
 def native_observation(backend, obs: Observation) -> Observation:
-    hvp = obs.hvp
-    if hvp is not None:
-        host_hvp = hvp
-
-        def hvp(v):
-            return backend.asarray(host_hvp(np.asarray(backend.to_numpy(v), dtype=np.float64)))
-
     return Observation(
         grad=None if obs.grad is None else backend.asarray(obs.grad),
         params=None if obs.params is None else backend.asarray(obs.params),
         loss=obs.loss,
-        hvp=hvp,
+        hvp=_native_function(backend, obs.hvp),
+        third=_native_function(backend, obs.third),
     )
 
 

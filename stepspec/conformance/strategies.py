@@ -11,10 +11,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from hypothesis import reject
 from hypothesis import strategies as st
 
 from .. import problems as P
 from .. import spec
+from ..backends.reference import BACKEND as REFERENCE
+from ..errors import HyperparameterError
 from ..reference import propagators as props
 
 MAX_DIMENSION = 6
@@ -113,6 +116,10 @@ def hyperparameters(draw, info):
         omittable = h.default not in (spec.REQUIRED, spec.COMPUTED) and not isinstance(h.domain, spec.Described)
         if omittable and draw(st.integers(0, 3)) == 0:
             del values[h.name]
+    try:  # domains can constrain each other (metaoptimize's clip_decay needs hessian='diagonal'): ask the spec's
+        REFERENCE.algorithms[info.algo](**info.materialize(values, REFERENCE))  # reference, which checks them
+    except HyperparameterError:
+        reject()
     return values
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .._core import Observation
+from .._core import Observation, observe
 from ..backends.reference import BACKEND as REFERENCE
 from ..errors import StepspecError
+from ..problems import random_quadratic
 from .assertions import Context, assert_holds
 from .catalog import CATALOG
 from .error_inputs import Phase, domain_error_inputs, shared_error_inputs
@@ -17,6 +18,8 @@ from .harness import construct, native_observation, state_to_host, state_to_nati
 
 N = 3
 """Dimension of the error-input runs."""
+PROBLEM = random_quadratic(N, condition=4.0, seed=0)
+"""Where the valid observations come from (it has every Observation field)."""
 
 
 def _cases():
@@ -68,6 +71,9 @@ def test_errors(backend, record, algo, case):
         return
     if case.phase is Phase.INIT:
         optimizer = construct(backend, info, hyperparameters)
+        if case.state is None and case.theta0 is None:  # the hyperparameters themselves fail against n
+            _check_raised(ctx, case, _raised(lambda: optimizer.init(backend.asarray(theta0))))
+            return
         s0 = state_to_host(backend, algo, optimizer.init(backend.asarray(theta0)))
         bad_theta = case.theta0(theta0) if case.theta0 else theta0
         overrides = case.state(s0) if case.state else {}
@@ -77,13 +83,12 @@ def test_errors(backend, record, algo, case):
             _raised(lambda: optimizer.init(backend.asarray(bad_theta), **state_to_native(backend, overrides))),
         )
         return
-    # STEP: two valid steps with the sample, then the bad observation (or the bad hyperparameter) from
-    # that state; F (and G) must raise and leave the state they were given alone.
+    # STEP: two valid steps with the sample on a quadratic, then the bad observation (or the bad
+    # hyperparameter) from that state; F (and G) must raise and leave the state they were given alone.
     warm = construct(backend, info, info.samples[0].hyperparameters)
     s, theta = warm.init(backend.asarray(theta0)), theta0
     for t in range(3):
-        grad = np.cos(theta + t)
-        good = Observation(grad=grad, params=theta if "params" in warm.needs else None)
+        good = observe(PROBLEM, theta, warm.needs)
         if t == 2:
             break
         obs = native_observation(backend, good)

@@ -6,6 +6,9 @@ returns an optimizer with ``init``, ``F`` and ``G`` (spec/formalism.md).
 
 from .._core import iterate, run
 from .classical import adam, adamw, lion, momentum, nag, rmsprop, sgd
+from .hypergradient import hypergradient
+from .idbd import idbd, idbd_nonlinear
+from .metaoptimize import algorithm2, algorithm3, metaoptimize
 from .propagators import TABLE_1, Propagator, complex_jordan, direct_sum, jordan, propagator
 from .rllc import linear_memory, lm_rllc, relaxed_pinv, rllc
 
@@ -20,6 +23,10 @@ ALGORITHMS = {
     "rllc": rllc,
     "lm_rllc": lm_rllc,
     "linear_memory": linear_memory,
+    "metaoptimize": metaoptimize,
+    "idbd": idbd,
+    "idbd_nonlinear": idbd_nonlinear,
+    "hypergradient": hypergradient,
 }
 """Algorithm id (the spec section anchor) → reference constructor."""
 
@@ -29,13 +36,19 @@ __all__ = [
     "Propagator",
     "adam",
     "adamw",
+    "algorithm2",
+    "algorithm3",
     "complex_jordan",
     "direct_sum",
+    "hypergradient",
+    "idbd",
+    "idbd_nonlinear",
     "iterate",
     "jordan",
     "linear_memory",
     "lion",
     "lm_rllc",
+    "metaoptimize",
     "momentum",
     "nag",
     "propagator",

@@ -1,0 +1,585 @@
+"""MetaOptimize properties (spec/metaoptimize.md#properties): the special cases IDBD, Xu et al. and
+hypergradient descent, the structure of the traces, the η = 0 reduction, Algorithms 2 and 3, the
+surrogate meta-gradient against central differences through the backend's own run, robustness to a
+small initial step size, and the authors' convention."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from .. import problems as P
+from .._core import observe, state_fields
+from ..backends.reference import BACKEND as REFERENCE
+from .assertions import Context, assert_holds, assert_series_close
+from .catalog import CATALOG
+from .convergence import steps_to_tolerance
+from .harness import (
+    construct,
+    native_observation,
+    open_loop,
+    perturbation_growth,
+    reference_run,
+    run,
+    state_to_host,
+    state_to_native,
+)
+from .strategies import dimensions, gradient_sequences, horizons, problems, seeds, vectors
+from .tolerance import UNIT_ROUNDOFF, tolerance
+
+MO = "metaoptimize"
+BASES, METAS = ("sgd", "sgdm", "adamw", "rmsprop", "lion"), ("sgd", "adam", "rmsprop", "lion")
+
+
+def _run(backend, algo, hp, problem, theta0, steps, initial_state=None):
+    return run(backend, algo, construct(backend, CATALOG[algo], hp), problem, theta0, steps, initial_state)
+
+
+def _assert_same_runs(backend, mine, target, steps, ctx, record, fields=()):
+    """Closed-loop runs agree within the policy: κ = the reference run's perturbation growth."""
+    tol = tolerance(backend.dtype, steps, perturbation_growth(target))
+    assert_series_close(mine.thetas, target.thetas, tol=tol, what="theta", ctx=ctx, record=record)
+    for name in fields:
+        assert_series_close(
+            [s[name] for s in mine.states],
+            [s[name] for s in target.states],
+            tol=tol,
+            what=f"state.{name}",
+            ctx=ctx,
+            record=record,
+        )
+
+
+# --------------------------------------------------------------------------- special cases (App. B)
+
+IDBD_CONFIG = dict(
+    base="sgd", meta="sgd", gamma=1.0, blocks="weightwise", approximation="L", sigma="exponential", order="meta_first"
+)
+
+
+@st.composite
+def _sutton_streams(draw):
+    n = draw(st.integers(1, 8), label="n")
+    return P.SuttonTask(
+        n=n, relevant=draw(st.integers(1, n)), flip_every=draw(st.integers(1, 20)), seed=draw(seeds())
+    ), n
+
+
+@pytest.mark.parametrize("algo", ["idbd", MO])
+@given(
+    stream=_sutton_streams(),
+    alpha0=st.floats(1e-3, 0.1),
+    eta=st.floats(0.0, 0.05),
+    steps=horizons(1, 60),
+    theta_seed=seeds(),
+)
+def test_idbd_is_a_special_case(backend, record, algo, stream, alpha0, eta, steps, theta_seed):
+    """IDBD ≡ MetaOptimize(sgd, sgd, L, γ = 1, weight-wise, exp, diagonal Hessian clipped, meta_first) on
+    Sutton's linear-regression streams: the backend's `algo` against the reference's other side."""
+    problem, n = stream
+    theta0 = np.random.default_rng(theta_seed).standard_normal(n)
+    mo = dict(IDBD_CONFIG, alpha0=alpha0, eta=eta, hessian="diagonal", clip_decay=True)
+    ours = {"alpha0": alpha0, "eta": eta}
+    mine_hp, target_algo, target_hp = (ours, MO, mo) if algo == "idbd" else (mo, "idbd", ours)
+    ctx = Context(algo, "idbd_is_a_special_case", mine_hp)
+    target = reference_run(target_algo, target_hp, problem, theta0, steps)
+    _assert_same_runs(backend, _run(backend, algo, mine_hp, problem, theta0, steps), target, steps, ctx, record)
+
+
+@pytest.mark.parametrize("algo", ["idbd_nonlinear", MO])
+@given(
+    problem=problems(kinds=("logistic", "minibatch_logistic")),
+    alpha0=st.floats(1e-3, 0.3),
+    eta=st.floats(0.0, 0.05),
+    steps=horizons(1, 30),
+    theta_seed=seeds(),
+)
+def test_xu_is_a_special_case(backend, record, algo, problem, alpha0, eta, steps, theta_seed):
+    """idbd_nonlinear ≡ the IDBD configuration with the exact Hessian and no clipping, on non-quadratic losses."""
+    theta0 = np.random.default_rng(theta_seed).standard_normal(problem.n)
+    mo = dict(IDBD_CONFIG, alpha0=alpha0, eta=eta, hessian="exact")
+    ours = {"alpha0": alpha0, "eta": eta}
+    mine_hp, target_algo, target_hp = (ours, MO, mo) if algo == "idbd_nonlinear" else (mo, "idbd_nonlinear", ours)
+    ctx = Context(algo, "xu_is_a_special_case", mine_hp)
+    target = reference_run(target_algo, target_hp, problem, theta0, steps)
+    _assert_same_runs(backend, _run(backend, algo, mine_hp, problem, theta0, steps), target, steps, ctx, record)
+
+
+def _hd_as_metaoptimize(alpha0, eta, approximation, hessian, order="meta_first"):
+    return dict(
+        base="sgd",
+        meta="sgd",
+        alpha0=alpha0,
+        eta=eta,
+        gamma=0.0,
+        sigma="identity",
+        approximation=approximation,
+        hessian=hessian,
+        order=order,
+    )
+
+
+@pytest.mark.parametrize("algo", ["hypergradient", MO])
+@given(
+    problem=problems(),
+    alpha0=st.floats(1e-3, 0.5),
+    eta=st.floats(0.0, 0.05),
+    steps=horizons(),
+    approximation=st.sampled_from(["2x2", "L"]),
+    hessian=st.sampled_from(["free", "exact"]),
+    theta_seed=seeds(),
+)
+def test_hypergradient_is_a_special_case(
+    backend, record, algo, problem, alpha0, eta, steps, approximation, hessian, theta_seed
+):
+    """hypergradient(sgd) ≡ metaoptimize(sgd, sgd, γ = 0, identity σ, scalar, meta_first), any approximation."""
+    theta0 = np.random.default_rng(theta_seed).standard_normal(problem.n)
+    mo = _hd_as_metaoptimize(alpha0, eta, approximation, hessian)
+    ours = {"base": "sgd", "alpha0": alpha0, "hypergradient_lr": eta}
+    mine_hp, target_algo, target_hp = (ours, MO, mo) if algo == "hypergradient" else (mo, "hypergradient", ours)
+    ctx = Context(algo, "hypergradient_is_a_special_case", mine_hp)
+    target = reference_run(target_algo, target_hp, problem, theta0, steps)
+    _assert_same_runs(backend, _run(backend, algo, mine_hp, problem, theta0, steps), target, steps, ctx, record)
+
+
+@pytest.mark.algo(MO)
+@given(n=dimensions(), steps=horizons(2, 20), alpha0=st.floats(0.01, 0.5), eta=st.floats(1e-3, 0.05), data=st.data())
+def test_hypergradient_in_algorithm_1_order(backend, record, n, steps, alpha0, eta, data):
+    """Algorithm 1's order (base_first) against the step-size-first order of hypergradient descent:
+    open loop, the step sizes of base_first are those of meta_first one step later; closed loop, the
+    trajectories differ by O(η): halving η scales the gap by a factor in [0.35, 0.75]."""
+    grads = [g + 0.5 for g in data.draw(gradient_sequences(n, steps), label="gradients")]  # no zero entry
+    ctx = Context(MO, "hypergradient_in_algorithm_1_order", {"alpha0": alpha0, "eta": eta})
+    runs = {
+        order: open_loop(
+            backend,
+            MO,
+            construct(backend, CATALOG[MO], _hd_as_metaoptimize(alpha0, eta, "L", "free", order)),
+            grads,
+            np.zeros(n),
+        )
+        for order in ("base_first", "meta_first")
+    }
+    step_sizes = {order: [-(d / g).mean() for d, g in zip(r.deltas, grads)] for order, r in runs.items()}
+    tol = tolerance(backend.dtype, steps)
+    assert_series_close(
+        [np.array([a]) for a in step_sizes["base_first"][1:]],
+        [np.array([a]) for a in step_sizes["meta_first"][:-1]],
+        tol=tol,
+        what="α of base_first at t+1 vs meta_first at t",
+        ctx=ctx,
+        record=record,
+        first_t=2,
+    )
+
+    problem = data.draw(problems(n=n, kinds=("quadratic", "logistic")), label="problem")
+    theta0 = data.draw(vectors(n), label="theta0")
+
+    def gap(rate):
+        first, second = (
+            reference_run(MO, _hd_as_metaoptimize(alpha0, rate, "L", "free", order), problem, theta0, steps)
+            for order in ("base_first", "meta_first")
+        )
+        mine = _run(backend, MO, _hd_as_metaoptimize(alpha0, rate, "L", "free", "base_first"), problem, theta0, steps)
+        assert_series_close(
+            mine.thetas,
+            first.thetas,
+            tol=tolerance(backend.dtype, steps, perturbation_growth(first)),
+            what="theta (base_first)",
+            ctx=ctx,
+            record=record,
+        )
+        return max(np.max(np.abs(a - b)) for a, b in zip(first.thetas, second.thetas))
+
+    big, small = gap(eta), gap(eta / 2)
+    assume(big > 1e6 * tol * max(1.0, np.max(np.abs(theta0))))  # an O(η) gap well above round-off
+    assert_holds(
+        0.35 <= small / big <= 0.75, f"halving η scaled the order gap by {small / big:.3f}, expected ≈ 0.5", ctx
+    )
+
+
+# --------------------------------------------------------------------------- structure of the traces
+
+
+@st.composite
+def _configurations(draw, **fixed):
+    """Valid metaoptimize hyperparameters from the catalogue's strategy, with some of them fixed."""
+    from .strategies import hyperparameters
+
+    hp = {**draw(hyperparameters(CATALOG[MO]), label="hyperparameters"), **fixed}
+    try:
+        REFERENCE.algorithms[MO](**hp)
+    except ValueError:
+        assume(False)
+    return hp
+
+
+def _identity_traces(states, m):
+    return [s["Y"] for s in states], [np.vstack([np.eye(m), np.zeros((2 * m, m))])] * len(states)
+
+
+@pytest.mark.algo(MO)
+@given(data=st.data(), problem=problems(), steps=horizons(1, 15))
+def test_l_approximation_keeps_y_identity(backend, record, data, problem, steps):
+    """Under L (no meta weight decay): Y^β ≡ I, Y^m̄ ≡ Y^v̄ ≡ 0, for every meta."""
+    hp = data.draw(_configurations(approximation="L", meta_kappa=0.0))
+    theta0 = data.draw(vectors(problem.n), label="theta0")
+    ctx = Context(MO, "l_approximation_keeps_y_identity", hp)
+    reference_run(MO, hp, problem, theta0, steps)
+    mine = _run(backend, MO, hp, problem, theta0, steps)
+    actual, expected = _identity_traces(mine.states, mine.states[0]["beta"].shape[0])
+    assert_series_close(
+        actual, expected, tol=tolerance(backend.dtype, steps), what="Y", ctx=ctx, record=record, scale=1.0
+    )
+
+
+@pytest.mark.algo(MO)
+@given(data=st.data(), problem=problems(), steps=horizons(1, 15))
+def test_lion_meta_keeps_y_identity(backend, record, data, problem, steps):
+    """Lion meta (κ̄ = 0): Y^β ≡ I for every approximation (App. A.1.3)."""
+    hp = data.draw(_configurations(meta="lion", meta_kappa=0.0))
+    theta0 = data.draw(vectors(problem.n), label="theta0")
+    ctx = Context(MO, "lion_meta_keeps_y_identity", hp)
+    reference_run(MO, hp, problem, theta0, steps)
+    mine = _run(backend, MO, hp, problem, theta0, steps)
+    m = mine.states[0]["beta"].shape[0]
+    assert_series_close(
+        [s["Y"][:m] for s in mine.states],
+        [np.eye(m)] * len(mine.states),
+        tol=tolerance(backend.dtype, steps),
+        what="Y^β",
+        ctx=ctx,
+        record=record,
+        scale=1.0,
+    )
+
+
+@pytest.mark.algo(MO)
+@given(data=st.data(), problem=problems(), steps=horizons(1, 20))
+def test_hessian_free_2x2_is_l(backend, record, data, problem, steps):
+    """Hessian-free 2x2 ≡ Hessian-free L, with or without meta weight decay (spec: a correction)."""
+    hp = data.draw(_configurations(approximation="2x2", hessian="free", convention="paper"))
+    theta0 = data.draw(vectors(problem.n), label="theta0")
+    ctx = Context(MO, "hessian_free_2x2_is_l", hp)
+    target = reference_run(MO, {**hp, "approximation": "L"}, problem, theta0, steps)
+    _assert_same_runs(
+        backend, _run(backend, MO, hp, problem, theta0, steps), target, steps, ctx, record, fields=("beta", "Y", "X")
+    )
+
+
+CLASSICAL_EQUIVALENT = {  # base → (classical algorithm, its hyperparameters) at η = 0, where the conventions coincide
+    "sgd": lambda hp: ("sgd", {"lr": hp["alpha0"]}),
+    "sgdm": lambda hp: ("momentum", {"lr": hp["alpha0"] * (1 - hp["rho"]), "beta": hp["rho"]}),
+    "adamw": lambda hp: (
+        "adamw",
+        {"lr": hp["alpha0"], "betas": (hp["rho"], hp["lam"]), "eps": hp["eps"], "weight_decay": hp["kappa"]},
+    ),
+    "rmsprop": lambda hp: ("rmsprop", {"lr": hp["alpha0"], "alpha": hp["lam"], "eps": hp["eps"]}),
+    "lion": lambda hp: ("lion", {"lr": hp["alpha0"], "betas": (hp["c"], hp["rho"]), "weight_decay": hp["kappa"]}),
+}
+
+
+@pytest.mark.algo(MO)
+@given(data=st.data(), problem=problems(), steps=horizons())
+def test_zero_meta_rate_is_the_base(backend, record, data, problem, steps):
+    """η = 0: β stays σ⁻¹(α₀) and the run is the classical optimizer (torch convention) for the paper
+    convention, with κ = 0 for sgdm and rmsprop (torch couples their decay)."""
+    hp = CATALOG[MO].with_defaults(data.draw(_configurations(eta=0.0, convention="paper", sigma="exponential")))
+    if hp["base"] in ("sgdm", "rmsprop", "sgd"):
+        hp["kappa"] = 0.0
+    theta0 = data.draw(vectors(problem.n), label="theta0")
+    algo, classical = CLASSICAL_EQUIVALENT[hp["base"]](hp)
+    ctx = Context(MO, "zero_meta_rate_is_the_base", hp)
+    target = reference_run(algo, classical, problem, theta0, steps)
+    mine = _run(backend, MO, hp, problem, theta0, steps)
+    _assert_same_runs(backend, mine, target, steps, ctx, record)
+    beta0 = mine.states[0]["beta"]
+    assert_holds(all(np.array_equal(s["beta"], beta0) for s in mine.states), "β moved although η = 0", ctx)
+
+
+@pytest.mark.algo(MO)
+@given(data=st.data(), problem=problems())
+def test_first_meta_step_is_zero(backend, record, data, problem):
+    """H_0 = 0, so z_1 = 0 and the meta direction U is 0: β_1 = (1 − ηκ̄)β_0 (Adam's and RMSprop's 0/0 is
+    0 with ε̄ > 0; Lion's sign(0) = 0)."""
+    hp = data.draw(_configurations())
+    theta0 = data.draw(vectors(problem.n), label="theta0")
+    ctx = Context(MO, "first_meta_step_is_zero", hp)
+    reference_run(MO, hp, problem, theta0, 1)
+    mine = _run(backend, MO, hp, problem, theta0, 1)
+    full = CATALOG[MO].with_defaults(hp)
+    expected = (1 - full["eta"] * full["meta_kappa"]) * mine.states[0]["beta"]
+    assert_series_close(
+        [mine.states[1]["beta"]], [expected], tol=tolerance(backend.dtype, 0, 1.0), what="β_1", ctx=ctx, record=record
+    )
+
+
+@pytest.mark.algo(MO)
+@given(
+    problem=problems(),
+    alpha0=st.floats(0.01, 0.5),
+    eta=st.floats(1e-3, 0.05),
+    gamma=st.floats(0.0, 1.0),
+    Y=st.floats(0.5, 1.5),
+    data=st.data(),
+)
+def test_algorithm2_printed_h_update(backend, record, problem, alpha0, eta, gamma, Y, data):
+    """One step of algorithm2 (eq. 15) from a state with H_t and Y_t given: H_{t+1} = γ(I − α∇²f)H_t
+    − (γY_t + 1 − γ)α∇f, which is Algorithm 2's printed γ(I − α∇²f)H_t − Y_tα∇f plus (1 − γ)(Y_t − 1)α∇f:
+    the two agree at γ = 1 or Y_t = 1 only."""
+    theta = data.draw(vectors(problem.n), label="theta")
+    H = data.draw(vectors(problem.n, scale=0.1), label="H")
+    hp = dict(base="sgd", meta="sgd", alpha0=alpha0, eta=eta, gamma=gamma, approximation="2x2", hessian="exact")
+    ctx = Context(MO, "algorithm2_printed_h_update", {**hp, "Y": Y})
+    optimizer = construct(backend, CATALOG[MO], hp)
+    fields = {k: np.array(v) if isinstance(v, np.ndarray) else v
+              for k, v in state_fields(REFERENCE.algorithms[MO](**hp).init(theta)).items()}
+    fields["Y"][0, 0], fields["X"][: problem.n, 0] = Y, H
+    s = optimizer.init(backend.asarray(theta), **state_to_native(backend, fields))
+    f_t = problem.batch(1) if hasattr(problem, "batch") else problem
+    obs = native_observation(backend, observe(f_t, theta, optimizer.needs))
+    H_next = state_to_host(backend, MO, optimizer.F(s, obs))["X"][: problem.n, 0]
+    g, hess_H = f_t.grad(theta), f_t.hvp(theta, H)
+    printed = gamma * (H - alpha0 * hess_H) - Y * alpha0 * g
+    tol = tolerance(backend.dtype, 0, 4.0)
+    assert_series_close(
+        [H_next],
+        [printed + (1 - gamma) * (Y - 1) * alpha0 * g],
+        tol=tol,
+        what="H_{t+1} vs (15)",
+        ctx=ctx,
+        record=record,
+        scale=max(np.max(np.abs(printed)), np.max(np.abs(alpha0 * g))),
+    )
+
+
+@pytest.mark.algo(MO)
+@given(data=st.data(), problem=problems(), steps=horizons(1, 20))
+def test_algorithm3_h_update(backend, record, data, problem, steps):
+    """Hessian-free 2x2, κ̄ = 0: H_{t+1} = γ(1 − κα_t)H_t + Δw/(α_t/σ'(β_t)) in column b(j): Δw for σ = exp,
+    Δw/α_t for σ = identity (Algorithm 3, spec disambiguation 5)."""
+    hp = CATALOG[MO].with_defaults(data.draw(_configurations(approximation="2x2", hessian="free", meta_kappa=0.0)))
+    theta0 = data.draw(vectors(problem.n), label="theta0")
+    ctx = Context(MO, "algorithm3_h_update", hp)
+    reference_run(MO, hp, problem, theta0, steps)
+    mine = _run(backend, MO, hp, problem, theta0, steps)
+    n = problem.n
+    blocks = np.zeros(n, dtype=int) if hp["blocks"] == "scalar" else np.arange(n)
+    expected, actual = [], []
+    for before, after in zip(mine.states[:-1], mine.states[1:]):
+        beta = before["beta"][blocks]
+        alpha, dalpha = (np.exp(beta), np.exp(beta)) if hp["sigma"] == "exponential" else (beta, np.ones(n))
+        H_next = hp["gamma"] * (1 - hp["kappa"] * alpha)[:, None] * before["X"][:n]
+        H_next[np.arange(n), blocks] += after["delta"] * dalpha / alpha
+        expected.append(H_next)
+        actual.append(after["X"][:n])
+    assert_series_close(actual, expected, tol=tolerance(backend.dtype, steps, 4.0), what="H", ctx=ctx, record=record)
+
+
+# --------------------------------------------------------------------------- the surrogate meta-gradient
+
+FD_TOLERANCE = {"float64": 1e-6, "float32": 1e-2}
+"""Relative accuracy of the central differences (h = u^(1/3)); spec/tolerances.md#finite-differences."""
+
+
+def surrogate_gap(backend, hp, problem, theta0, steps):
+    """(relative error of H_tᵀ∇f_t(w_t) against Σ_s c_s df_t(w_t)/dβ_s by central differences through the
+    backend's run, the finite differences' own error estimated from steps h and h/4); β_s is perturbed with
+    a state override. An estimate above FD_TOLERANCE means the run is not smooth there (a sign flips)."""
+    optimizer = construct(backend, CATALOG[MO], hp)
+    base = run(backend, MO, optimizer, problem, theta0, steps)
+    t, gamma, n = steps, hp.get("gamma", 1.0), problem.n
+    H = base.states[t]["X"][:n]
+    f_t = problem.batch(t + 1) if hasattr(problem, "batch") else problem
+    z = H.T @ f_t.grad(base.thetas[t])
+    u = UNIT_ROUNDOFF[backend.dtype]
+
+    def loss_after(s, i, shift):
+        fields = dict(base.states[s])
+        fields["beta"] = fields["beta"] + shift * np.eye(len(fields["beta"]))[i]
+        later = run(backend, MO, optimizer, _Shifted(problem, s), base.thetas[s], t - s, fields)
+        return f_t.loss(later.thetas[-1])
+
+    estimates = []
+    for h in (u ** (1 / 3), u ** (1 / 3) / 4):
+        fd = np.zeros_like(z)
+        for s in range(t):
+            c = gamma ** (t - 1) if s == 0 else (1 - gamma) * gamma ** (t - 1 - s)
+            for i in range(len(z)):
+                if c:
+                    fd[i] += c * (loss_after(s, i, h) - loss_after(s, i, -h)) / (2 * h)
+        estimates.append(fd)
+    scale = max(np.max(np.abs(estimates[1])), 1e-300)
+    fd_error = float(np.max(np.abs(estimates[0] - estimates[1])) / scale)
+    return float(np.max(np.abs(z - estimates[1])) / scale), fd_error
+
+
+class _Shifted:
+    """``problem`` seen from step s on: batch(t) is the original batch(s + t)."""
+
+    def __init__(self, problem, s):
+        self.problem, self.s, self.n = problem, s, problem.n
+
+    def batch(self, t):
+        return self.problem.batch(self.s + t) if hasattr(self.problem, "batch") else self.problem
+
+
+@st.composite
+def _surrogate_cases(draw, **fixed):
+    hp = draw(_configurations(hessian="exact", blocks="scalar", convention="paper", order="base_first", **fixed))
+    problem = draw(problems(n=draw(st.integers(1, 3)), kinds=("quadratic", "logistic")), label="problem")
+    hp["alpha0"] = draw(st.floats(0.01, 0.2), label="alpha0")
+    return hp, problem, draw(vectors(problem.n), label="theta0"), draw(horizons(1, 6), label="steps")
+
+
+@pytest.mark.algo(MO)
+@given(case=_surrogate_cases(eta=0.0))
+def test_surrogate_gradient_at_zero_meta_rate(backend, record, case):
+    """η = 0, exact Hessian: H_tᵀ∇f_t = Σ_s c_s df_t/dβ_s, c_0 = γ^(t−1), c_s = (1 − γ)γ^(t−1−s), for every
+    approximation."""
+    hp, problem, theta0, steps = case
+    ctx = Context(MO, "surrogate_gradient_at_zero_meta_rate", hp)
+    reference_run(MO, hp, problem, theta0, steps)
+    gap, fd_error = surrogate_gap(backend, hp, problem, theta0, steps)
+    accuracy = FD_TOLERANCE[backend.dtype]
+    assume(fd_error <= accuracy)  # the derivative exists numerically at this point
+    record.observe(gap, accuracy)
+    assert_holds(gap <= accuracy, f"Hᵀ∇f is off the finite-difference meta-gradient by {gap:.3g}", ctx)
+
+
+@pytest.mark.algo(MO)
+@given(case=_surrogate_cases(meta="lion", meta_kappa=0.0), eta=st.floats(0.0, 0.1))
+def test_surrogate_gradient_lion_meta(backend, record, case, eta):
+    """Lion meta, any η: exact for every approximation (its step is locally constant in z)."""
+    hp, problem, theta0, steps = case
+    hp["eta"] = eta
+    ctx = Context(MO, "surrogate_gradient_lion_meta", hp)
+    reference_run(MO, hp, problem, theta0, steps)
+    gap, fd_error = surrogate_gap(backend, hp, problem, theta0, steps)
+    accuracy = FD_TOLERANCE[backend.dtype]
+    assume(fd_error <= accuracy)  # the derivative exists numerically at this point
+    record.observe(gap, accuracy)
+    assert_holds(gap <= accuracy, f"Hᵀ∇f is off the finite-difference meta-gradient by {gap:.3g}", ctx)
+
+
+ORDER_CASES = [(base, seed) for base in ("sgd", "sgdm") for seed in range(3)]
+"""Where the asymptotic orders show at η = 0.05, 0.025: linear bases on a quadratic (n = 3, κ = 5, weight-wise,
+8 steps). Normalised bases (rmsprop, adamw) reach that regime only at much smaller η (spec/metaoptimize.md)."""
+
+
+def _order_case(backend, base, seed, approximation, eta):
+    problem = P.random_quadratic(3, condition=5.0, seed=seed)
+    theta0 = np.random.default_rng(seed + 100).standard_normal(3)
+    hp = dict(
+        base=base, meta="sgd", alpha0=0.1, eta=eta, approximation=approximation, hessian="exact", blocks="weightwise"
+    )
+    return surrogate_gap(backend, hp, problem, theta0, 8), hp
+
+
+ORDER_BOUNDS = {
+    ("sgd", "full"): 0.35,
+    ("sgdm", "full"): 0.7,
+    ("sgd", "2x2"): 0.7,
+    ("sgdm", "2x2"): 0.7,
+    ("sgd", "L"): 0.7,
+    ("sgdm", "L"): 0.7,
+}
+"""Halving η scales the error by ≈ 0.25 for an O(η²) error, ≈ 0.5 for O(η): full is O(η²) only where the h-row
+does not read a base-state trace (sgd; sgdm's D_m X^m term is held fixed by eq. (15))."""
+
+
+@pytest.mark.algo(MO)
+@pytest.mark.parametrize("approximation", ["full", "2x2", "L"])
+@pytest.mark.parametrize("base, seed", ORDER_CASES)
+def test_surrogate_gradient_orders(backend, record, approximation, base, seed):
+    """SGD meta: halving η scales the error of Hᵀ∇f by ≤ 0.35 for full with the sgd base (O(η²)) and by
+    ≤ 0.7 otherwise (O(η))."""
+    bound = ORDER_BOUNDS[base, approximation]
+    (big, fd_error), hp = _order_case(backend, base, seed, approximation, 0.05)
+    (small, _), _ = _order_case(backend, base, seed, approximation, 0.025)
+    ctx = Context(MO, f"surrogate_gradient_orders[{approximation}]", hp)
+    assert_holds(big > 100 * fd_error, f"error {big:.3g} at η = 0.05 not resolved (FD error {fd_error:.2g})", ctx)
+    record.observe(small / big, bound)
+    assert_holds(small / big <= bound, f"halving η scaled the error by {small / big:.3f} > {bound}", ctx)
+
+
+@pytest.mark.algo(MO)
+@pytest.mark.parametrize("base, seed", ORDER_CASES)
+def test_surrogate_gradient_full_is_not_exact(backend, record, base, seed):
+    """The printed claim, 'exact for full at any η', fails: SGD meta, full, η = 0.05 is off by more than 100×
+    the finite differences' own error."""
+    (gap, fd_error), hp = _order_case(backend, base, seed, "full", 0.05)
+    ctx = Context(MO, "surrogate_gradient_full_is_not_exact", hp)
+    assert_holds(gap > 100 * fd_error, f"full was exact to {gap:.3g} (FD error {fd_error:.2g})", ctx)
+
+
+# --------------------------------------------------------------------------- robustness (Fig. 2 at toy scale)
+
+ROBUSTNESS_BUDGET_FACTOR = {"quadratic": 1.5, "logistic": 10.0}
+"""spec/convergence.md#metaoptimize: steps allowed, as a multiple of the best fixed step size's."""
+
+
+@pytest.mark.algo(MO)
+@pytest.mark.parametrize("problem_name", list(ROBUSTNESS_BUDGET_FACTOR))
+def test_robust_to_small_initial_step(backend, record, problem_name):
+    from .convergence import START_SEEDS, TOLERANCE, problem
+
+    f = problem(problem_name)
+    hp = {"base": "sgd", "meta": "adam", "alpha0": 0.01 / f.smoothness, "eta": 0.03}
+    ctx = Context(MO, f"robust_to_small_initial_step[{problem_name}]", hp)
+    for seed in START_SEEDS:
+        theta0 = np.random.default_rng(seed).standard_normal(f.n)
+        best = steps_to_tolerance(_gaps(REFERENCE, "sgd", {"lr": 1 / f.smoothness}, f, theta0, 5000))
+        budget = int(np.ceil(ROBUSTNESS_BUDGET_FACTOR[problem_name] * best))
+        steps = steps_to_tolerance(_gaps(backend, MO, hp, f, theta0, budget))
+        assert_holds(
+            steps is not None,
+            f"start {seed}: not at {TOLERANCE:g} within {budget} steps "
+            f"({ROBUSTNESS_BUDGET_FACTOR[problem_name]}× the best fixed step's {best})",
+            ctx,
+        )
+        record.observe(steps / budget, 1.0)
+
+
+def _gaps(backend, algo, hp, f, theta0, steps):
+    thetas = _run(backend, algo, hp, f, theta0, steps).thetas
+    return np.array([f.loss(x) - f.min_value for x in thetas]) / (f.loss(theta0) - f.min_value)
+
+
+# --------------------------------------------------------------------------- the authors' convention
+
+
+@pytest.mark.algo(MO)
+@given(
+    problem=problems(),
+    steps=horizons(2, 20),
+    eta=st.floats(0.01, 0.1),
+    meta_kappa=st.floats(0.0, 1.0),
+    meta=st.sampled_from(["sgd", "lion"]),
+    theta_seed=seeds(),
+)
+def test_authors_code_keeps_y_identity(backend, record, problem, steps, eta, meta_kappa, meta, theta_seed):
+    """The authors' code carries no Y trace: Y ≡ [I; 0; 0] for any κ̄, where (15) (γ = 1, Hessian-free)
+    decays Y^β_t = (1 − ηκ̄)ᵗ; with κ̄ = 0, base sgd and meta lion the two conventions give the same run."""
+    theta0 = np.random.default_rng(theta_seed).standard_normal(problem.n)
+    hp = dict(base="sgd", meta=meta, alpha0=0.05, eta=eta, meta_kappa=meta_kappa, eps=1e-10, meta_eps=1e-10)
+    ctx = Context(MO, "authors_code_keeps_y_identity", hp)
+    paper = reference_run(MO, hp, problem, theta0, steps)
+    authors = _run(backend, MO, {**hp, "convention": "authors_code"}, problem, theta0, steps)
+    mine = _run(backend, MO, hp, problem, theta0, steps)
+    tol = tolerance(backend.dtype, steps)
+    actual, expected = _identity_traces(authors.states, 1)
+    assert_series_close(actual, expected, tol=tol, what="Y (authors' code)", ctx=ctx, record=record, scale=1.0)
+    assert_series_close(
+        [s["Y"][:1] for s in mine.states],
+        [np.array([[(1 - eta * meta_kappa) ** t]]) for t in range(steps + 1)],
+        tol=tol,
+        what="Y^β (paper)",
+        ctx=ctx,
+        record=record,
+        scale=1.0,
+    )
+    if meta == "lion" and meta_kappa == 0.0:
+        _assert_same_runs(backend, authors, paper, steps, ctx, record)
