@@ -25,15 +25,25 @@ from stepspec.reference.metaoptimize import algorithm3
 BASES = {"SGD": "sgd", "SGDm": "sgdm", "RMSProp": "rmsprop", "AdamW": "adamw", "Lion": "lion"}
 METAS = {"Adam": "adam", "RMSProp": "rmsprop", "Lion": "lion"}
 BASE_ARGS = {"weight_decay": 0.1, "momentum_param": 0.9, "normalizer_param": 0.999, "Lion_beta2": 0.9}
-META_ARGS = {"meta_stepsize": 1e-2, "weight_decay": 0.05, "momentum_param": 0.99, "normalizer_param": 0.999,
-             "Lion_beta2": 0.9}
-REQUIRED_BASE = {"SGD": ["weight_decay"], "SGDm": ["weight_decay", "momentum_param"],
-                 "RMSProp": ["normalizer_param", "weight_decay"],
-                 "AdamW": ["normalizer_param", "momentum_param", "weight_decay"],
-                 "Lion": ["momentum_param", "Lion_beta2", "weight_decay"]}
-REQUIRED_META = {"Adam": ["meta_stepsize", "normalizer_param", "momentum_param", "weight_decay"],
-                 "RMSProp": ["meta_stepsize", "normalizer_param", "weight_decay"],
-                 "Lion": ["meta_stepsize", "momentum_param", "Lion_beta2", "weight_decay"]}
+META_ARGS = {
+    "meta_stepsize": 1e-2,
+    "weight_decay": 0.05,
+    "momentum_param": 0.99,
+    "normalizer_param": 0.999,
+    "Lion_beta2": 0.9,
+}
+REQUIRED_BASE = {
+    "SGD": ["weight_decay"],
+    "SGDm": ["weight_decay", "momentum_param"],
+    "RMSProp": ["normalizer_param", "weight_decay"],
+    "AdamW": ["normalizer_param", "momentum_param", "weight_decay"],
+    "Lion": ["momentum_param", "Lion_beta2", "weight_decay"],
+}
+REQUIRED_META = {
+    "Adam": ["meta_stepsize", "normalizer_param", "momentum_param", "weight_decay"],
+    "RMSProp": ["meta_stepsize", "normalizer_param", "weight_decay"],
+    "Lion": ["meta_stepsize", "momentum_param", "Lion_beta2", "weight_decay"],
+}
 ALPHA0 = 1e-2
 
 
@@ -68,10 +78,19 @@ def authors_run(HF, problem, theta0, base, meta, steps):
 
 def stepspec_run(problem, theta0, base, meta, steps):
     optimizer = algorithm3(
-        BASES[base], METAS[meta], ALPHA0, convention="authors_code", eta=META_ARGS["meta_stepsize"],
-        kappa=BASE_ARGS["weight_decay"], rho=BASE_ARGS["momentum_param"], lam=BASE_ARGS["normalizer_param"],
-        c=BASE_ARGS["Lion_beta2"], meta_kappa=META_ARGS["weight_decay"], meta_rho=META_ARGS["momentum_param"],
-        meta_lam=META_ARGS["normalizer_param"], meta_c=META_ARGS["Lion_beta2"],
+        BASES[base],
+        METAS[meta],
+        ALPHA0,
+        convention="authors_code",
+        eta=META_ARGS["meta_stepsize"],
+        kappa=BASE_ARGS["weight_decay"],
+        rho=BASE_ARGS["momentum_param"],
+        lam=BASE_ARGS["normalizer_param"],
+        c=BASE_ARGS["Lion_beta2"],
+        meta_kappa=META_ARGS["weight_decay"],
+        meta_rho=META_ARGS["momentum_param"],
+        meta_lam=META_ARGS["normalizer_param"],
+        meta_c=META_ARGS["Lion_beta2"],
     )
     thetas, alphas = [], []
     for _, theta, s in iterate(optimizer, problem, theta0, steps):

@@ -57,8 +57,11 @@ def main(argv=None) -> int:
         alphas[rate] = runs[0][1]
         if rate == 0.005:
             history = np.array(runs[0][2])
-        print(f"  IDBD θ = {rate:<6} MSE {results[rate]:.3f}   learned α: relevant {alphas[rate][:5].mean():.3f}, "
-              f"irrelevant {alphas[rate][5:].mean():.4f} (max {alphas[rate][5:].max():.4f})", flush=True)
+        print(
+            f"  IDBD θ = {rate:<6} MSE {results[rate]:.3f}   learned α: relevant {alphas[rate][:5].mean():.3f}, "
+            f"irrelevant {alphas[rate][5:].mean():.4f} (max {alphas[rate][5:].max():.4f})",
+            flush=True,
+        )
     best_lms = min(lms, key=lms.get)
     best_idbd = min(results, key=results.get)
     print(f"best LMS:  α = {best_lms}, MSE {lms[best_lms]:.3f}   (Sutton 1992: ≈ 3.5)")

@@ -17,9 +17,16 @@ from stepspec.backends.reference import BACKEND
 from stepspec.conformance.test_metaoptimize import surrogate_gap
 
 CONFIGURATIONS = [
-    ("sgd", "full", "sgd"), ("sgdm", "full", "sgd"), ("sgd", "full", "adam"), ("sgd", "full", "lion"),
-    ("sgdm", "full", "lion"), ("sgd", "2x2", "sgd"), ("sgd", "L", "sgd"), ("sgd", "2x2", "lion"),
-    ("rmsprop", "full", "sgd"), ("adamw", "2x2", "sgd"),
+    ("sgd", "full", "sgd"),
+    ("sgdm", "full", "sgd"),
+    ("sgd", "full", "adam"),
+    ("sgd", "full", "lion"),
+    ("sgdm", "full", "lion"),
+    ("sgd", "2x2", "sgd"),
+    ("sgd", "L", "sgd"),
+    ("sgd", "2x2", "lion"),
+    ("rmsprop", "full", "sgd"),
+    ("adamw", "2x2", "sgd"),
 ]
 RATES = (0.1, 0.05, 0.025, 0.0125)
 
@@ -31,12 +38,21 @@ def main() -> int:
     for base, approximation, meta in CONFIGURATIONS:
         errors = []
         for rate in RATES:
-            hp = dict(base=base, meta=meta, alpha0=0.1, eta=rate, approximation=approximation, hessian="exact",
-                      blocks="weightwise")
+            hp = dict(
+                base=base,
+                meta=meta,
+                alpha0=0.1,
+                eta=rate,
+                approximation=approximation,
+                hessian="exact",
+                blocks="weightwise",
+            )
             errors.append(surrogate_gap(BACKEND, hp, problem, theta0, 8)[0])
         ratios = " ".join(f"{b / a:.2f}" for a, b in zip(errors, errors[1:]))
-        print(f"{base:<8} {approximation:<6} {meta:<6} " + " ".join(f"{e:10.1e}" for e in errors) + f"   {ratios}",
-              flush=True)
+        print(
+            f"{base:<8} {approximation:<6} {meta:<6} " + " ".join(f"{e:10.1e}" for e in errors) + f"   {ratios}",
+            flush=True,
+        )
     return 0
 
 

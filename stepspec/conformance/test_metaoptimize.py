@@ -334,8 +334,10 @@ def test_algorithm2_printed_h_update(backend, record, problem, alpha0, eta, gamm
     hp = dict(base="sgd", meta="sgd", alpha0=alpha0, eta=eta, gamma=gamma, approximation="2x2", hessian="exact")
     ctx = Context(MO, "algorithm2_printed_h_update", {**hp, "Y": Y})
     optimizer = construct(backend, CATALOG[MO], hp)
-    fields = {k: np.array(v) if isinstance(v, np.ndarray) else v
-              for k, v in state_fields(REFERENCE.algorithms[MO](**hp).init(theta)).items()}
+    fields = {
+        k: np.array(v) if isinstance(v, np.ndarray) else v
+        for k, v in state_fields(REFERENCE.algorithms[MO](**hp).init(theta)).items()
+    }
     fields["Y"][0, 0], fields["X"][: problem.n, 0] = Y, H
     s = optimizer.init(backend.asarray(theta), **state_to_native(backend, fields))
     f_t = problem.batch(1) if hasattr(problem, "batch") else problem
