@@ -63,3 +63,18 @@ def test_unit_gain_default_moves_like_sgd_in_steady_state(notation):
     for _ in range(400):
         s = opt.F(s, Observation(g))
     assert np.allclose(opt.G(s, Observation(g)), -c1 * g, rtol=1e-12)
+
+
+def test_full_approximation_refuses_a_problem_without_third_order_information():
+    from stepspec import ObservationError
+    from stepspec.reference import metaoptimize
+
+    class NoThird:
+        n = 2
+        grad = staticmethod(lambda theta: theta)
+        hvp = staticmethod(lambda theta, v: v)
+
+    optimizer = metaoptimize("sgd", "sgd", 0.1, approximation="full", hessian="exact")
+    with pytest.raises(ObservationError) as error:
+        run(optimizer, NoThird(), np.ones(2), 3)
+    assert error.value.param == "third" and "NoThird has no third method" in str(error.value)

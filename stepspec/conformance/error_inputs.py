@@ -153,7 +153,7 @@ def shared_error_inputs(algo: str, needs: frozenset) -> list[ErrorInput]:
 
 def domain_error_inputs(algo: str) -> list[ErrorInput]:
     """For every interval or product domain in the spec table: values just outside it, NaN, ±Inf,
-    and a value of the wrong type."""
+    and a value of the wrong type; for every choice: an unknown name, a wrong case, None."""
     inputs = []
     for h in spec.section(algo).hyperparameters:
         if isinstance(h.domain, spec.Interval):
