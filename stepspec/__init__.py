@@ -5,7 +5,14 @@
 """
 
 from ._core import Observation, iterate, run, state_fields
-from .errors import HyperparameterError, NotationError, ObservationError, StateError, StepspecError
+from .errors import (
+    HyperparameterError,
+    NotationError,
+    ObservationError,
+    StateError,
+    StepSizeWarning,
+    StepspecError,
+)
 
 __version__ = "0.1.0"
 
@@ -15,6 +22,7 @@ __all__ = [
     "Observation",
     "ObservationError",
     "StateError",
+    "StepSizeWarning",
     "StepspecError",
     "__version__",
     "iterate",

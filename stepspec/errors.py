@@ -30,3 +30,8 @@ class StateError(StepspecError, ValueError):
 
 class ObservationError(StepspecError, ValueError):
     """A bad observation at a step: non-finite, wrong shape or dtype, or a missing field (phase STEP)."""
+
+
+class StepSizeWarning(UserWarning):
+    """A step size outside the range where a documented guarantee holds; the step is still taken
+    as the spec defines it (spec/errors.md#warnings)."""

@@ -244,20 +244,78 @@ def random_logistic(m: int, n: int, l2: float = 1e-2, seed: int = 0) -> Logistic
     return Logistic(X, y, l2)
 
 
-class MiniBatch:
-    """The seeded mini-batch version of a finite-sum problem: f_t = problem.subset(rows_t), rows_t drawn
-    without replacement from Generator(seed, t), so f_t depends only on (seed, t) and any run can be
-    replayed. ``minimizer`` and ``min_value`` are those of the full problem."""
+class Softmax:
+    """L2-regularised multinomial logistic regression (softmax cross-entropy), labels y_i ∈ {0, …, K−1}:
+    f(θ) = (1/m) Σ_i [logsumexp(x_iᵀW) − x_iᵀW_{:, y_i}] + (l2/2)‖W‖², θ = W.ravel() with W of shape
+    (d, K), row-major. Every weight is regularised (append a column of ones to X for an intercept)."""
+
+    def __init__(self, X, y, l2: float, classes: int | None = None):
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y)
+        if X.ndim != 2 or y.shape != (X.shape[0],):
+            raise ValueError(f"X must be m×d and y of shape (m,), got {X.shape} and {y.shape}")
+        if y.dtype.kind not in "iu" or (y.size and y.min() < 0):
+            raise ValueError("labels y must be non-negative integers 0 … K−1")
+        if not l2 >= 0:
+            raise ValueError(f"l2 must be ≥ 0, got {l2}")
+        self.classes = int(y.max()) + 1 if classes is None else int(classes)
+        self.X, self.y, self.l2 = X, y, float(l2)
+        self.m, self.d = X.shape
+        self.n = self.d * self.classes
+        self._onehot = np.eye(self.classes)[y]
+
+    def subset(self, rows) -> Softmax:
+        return Softmax(self.X[rows], self.y[rows], self.l2, self.classes)
+
+    def _weights(self, name, theta):
+        return _vector(name, theta, self.n).reshape(self.d, self.classes)
+
+    def _probabilities(self, W):
+        logits = self.X @ W
+        logits -= logits.max(axis=1, keepdims=True)  # overflow-free
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def loss(self, theta):
+        W = self._weights("theta", theta)
+        logits = self.X @ W
+        top = logits.max(axis=1, keepdims=True)
+        log_normaliser = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+        data = np.mean(log_normaliser - logits[np.arange(self.m), self.y])
+        return float(data + 0.5 * self.l2 * np.sum(W * W))
+
+    def grad(self, theta):
+        W = self._weights("theta", theta)
+        return (self.X.T @ (self._probabilities(W) - self._onehot) / self.m + self.l2 * W).ravel()
+
+    def hvp(self, theta, v):
+        """Xᵀ(P ⊙ XV − P ⊙ rowsum(P ⊙ XV))/m + l2 V: the softmax Jacobian diag(p) − ppᵀ per sample."""
+        V = self._weights("v", v)
+        p = self._probabilities(self._weights("theta", theta))
+        mixed = p * (self.X @ V)
+        return (self.X.T @ (mixed - p * _rowsum(mixed)) / self.m + self.l2 * V).ravel()
+
+    def third(self, theta, u, v):
+        """The derivative of ∇²f u along v: per sample, d[(diag p − ppᵀ) z] with z = x_iᵀU and
+        dp = (diag p − ppᵀ) x_iᵀV."""
+        p = self._probabilities(self._weights("theta", theta))
+        z, w = self.X @ self._weights("u", u), self.X @ self._weights("v", v)
+        dp = p * w - p * _rowsum(p * w)
+        return (self.X.T @ (dp * z - dp * _rowsum(p * z) - p * _rowsum(dp * z)) / self.m).ravel()
+
+
+def _rowsum(a: np.ndarray) -> np.ndarray:
+    return a.sum(axis=1, keepdims=True)
+
+
+class _Batched:
+    """A stochastic view of the finite-sum problem ``full``: ``batch(t)`` is f_t; the full problem's
+    ``loss``, ``grad``, ``hvp``, ``third``, minimiser and constants stay available for evaluation."""
 
     def __init__(self, problem, batch_size: int, seed: int = 0):
         if not 1 <= batch_size <= problem.m:
             raise ValueError(f"batch_size must lie in [1, {problem.m}], got {batch_size}")
-        self.full, self.batch_size, self.seed = problem, batch_size, seed
-        self.n = problem.n
-
-    def batch(self, t: int):
-        rng = np.random.default_rng([self.seed, t])
-        return self.full.subset(rng.choice(self.full.m, size=self.batch_size, replace=False))
+        self.full, self.batch_size, self.seed, self.n = problem, batch_size, seed, problem.n
 
     def loss(self, theta):
         return self.full.loss(theta)
@@ -286,6 +344,32 @@ class MiniBatch:
     @property
     def strong_convexity(self):
         return self.full.strong_convexity
+
+
+class ShuffledEpochs(_Batched):
+    """Mini-batches by epochs, as a data loader makes them: each epoch visits every sample once, in the
+    order of a permutation drawn from Generator(seed, epoch), in batches of ``batch_size`` (the last one
+    smaller when m is not a multiple). Step t (from 1) is batch (t − 1) mod steps_per_epoch of epoch
+    (t − 1) // steps_per_epoch."""
+
+    def __init__(self, problem, batch_size: int, seed: int = 0):
+        super().__init__(problem, batch_size, seed)
+        self.steps_per_epoch = -(-problem.m // batch_size)
+
+    def batch(self, t: int):
+        epoch, index = divmod(t - 1, self.steps_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.full.m)
+        return self.full.subset(order[index * self.batch_size : (index + 1) * self.batch_size])
+
+
+class MiniBatch(_Batched):
+    """The seeded mini-batch version of a finite-sum problem: f_t = problem.subset(rows_t), rows_t drawn
+    without replacement from Generator(seed, t), so f_t depends only on (seed, t) and any run can be
+    replayed. ``minimizer`` and ``min_value`` are those of the full problem."""
+
+    def batch(self, t: int):
+        rng = np.random.default_rng([self.seed, t])
+        return self.full.subset(rng.choice(self.full.m, size=self.batch_size, replace=False))
 
 
 class SuttonTask:

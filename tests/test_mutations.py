@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 import stepspec.conformance
+from stepspec.backends.reference import BACKEND as REFERENCE
 from stepspec.conformance.assertions import Record
 from stepspec.errors import StepspecError
 
@@ -25,6 +26,8 @@ PROPAGATORS = "stepspec.reference.propagators"
 METAOPTIMIZE = "stepspec.reference.metaoptimize"
 IDBD = "stepspec.reference.idbd"
 HYPERGRADIENT = "stepspec.reference.hypergradient"
+TO = "stepspec.reference.trainable_optimizer"
+TO_VARIANTS = ("trainable_optimizer", "diagonal_to", "rank_one_to")
 
 
 def K(test, **params):
@@ -506,6 +509,129 @@ MUTANTS = [
         (K("test_propagators.py::test_malformed_notation", notation="CM(1_0)"),),
         patch_module=True,
     ),
+    # ---------------------------------------------------------------- trainable optimizer
+    SourceMutant(
+        "to-full-residual-sign",
+        TO,
+        "r = s.A @ x + s.b - g",
+        "r = s.A @ x + s.b + g",
+        (
+            K("test_trainable_optimizer.py::test_momentum_special_case", algo="trainable_optimizer"),
+            K("test_trainable_optimizer.py::test_approximation_step_is_gradient_descent", algo="trainable_optimizer"),
+            K("test_trainable_optimizer.py::test_approximation_loss_decreases", algo="trainable_optimizer"),
+            K("test_equivalence.py::test_equivalence_stepwise", algo="trainable_optimizer"),
+            K("test_convergence.py::test_convergence", algo="trainable_optimizer", problem_name="quadratic"),
+        ),
+    ),
+    SourceMutant(
+        "to-full-step-transposed",
+        TO,
+        "A = s.A - np.outer(eta_A * r, x)",
+        "A = s.A - np.outer(x, eta_A * r)",
+        (
+            K("test_trainable_optimizer.py::test_approximation_step_is_gradient_descent", algo="trainable_optimizer"),
+            K("test_trainable_optimizer.py::test_approximation_loss_decreases", algo="trainable_optimizer"),
+        ),
+    ),
+    SourceMutant(
+        "to-diagonal-step-squares-x",
+        TO,
+        "a = s.a - eta_a * r * x",
+        "a = s.a - eta_a * r * x * x",
+        (
+            K("test_trainable_optimizer.py::test_diagonal_is_full_restricted_to_diagonals"),
+            K("test_trainable_optimizer.py::test_approximation_step_is_gradient_descent", algo="diagonal_to"),
+            K("test_trainable_optimizer.py::test_approximation_loss_decreases", algo="diagonal_to"),
+        ),
+    ),
+    SourceMutant(
+        "to-diagonal-residual-sign",
+        TO,
+        "r = s.a * x + s.b - g",
+        "r = s.a * x + s.b + g",
+        (
+            K("test_trainable_optimizer.py::test_momentum_special_case", algo="diagonal_to"),
+            K("test_convergence.py::test_convergence", algo="diagonal_to", problem_name="minibatch_logistic"),
+        ),
+    ),
+    SourceMutant(
+        "to-rank-one-residual-drops-b",
+        TO,
+        "r = s.u * vx + s.b - g",
+        "r = s.u * vx - g",
+        (
+            K("test_trainable_optimizer.py::test_momentum_special_case", algo="rank_one_to"),
+            K("test_trainable_optimizer.py::test_rank_one_b_part_decreases"),
+            K("test_trainable_optimizer.py::test_rank_one_updates_follow_the_full_gradient"),
+            K("test_convergence.py::test_convergence", algo="rank_one_to", problem_name="logistic"),
+        ),
+    ),
+    SourceMutant(
+        "to-rank-one-v-step-uses-new-u",
+        TO,
+        "v = s.v - eta_uv * x * float(s.u @ r)",
+        "v = s.v - eta_uv * x * float(u @ r)",
+        (
+            K("test_trainable_optimizer.py::test_rank_one_updates_follow_the_full_gradient"),
+            K("test_trainable_optimizer.py::test_approximation_step_is_gradient_descent", algo="rank_one_to"),
+        ),
+    ),
+    SourceMutant(
+        "to-rank-one-ignores-its-rate",
+        TO,
+        "eta_uv, eta_b = self.variable_rate(self.lr_uv, t)",
+        "eta_uv, eta_b = self.variable_rate(0.0 * self.lr_uv, t)",
+        (K("test_trainable_optimizer.py::test_rank_one_uv_step_can_increase_loss"),),
+    ),
+    SourceMutant(
+        "to-rank-one-zero-init",
+        TO,
+        '"v": np.full(n, 1 / math.sqrt(n))',
+        '"v": np.zeros(n)',
+        (K("test_equivalence.py::test_equivalence_free_running", algo="rank_one_to"),),
+    ),
+    SourceMutant(
+        "to-projection-radius-doubled",
+        TO,
+        "return y if distance <= self.radius else",
+        "return y if distance <= 2 * self.radius else",
+        tuple(K("test_trainable_optimizer.py::test_projection_stays_in_ball", algo=a) for a in TO_VARIANTS),
+    ),
+    SourceMutant(
+        "to-projection-ignores-center",
+        TO,
+        "centre = np.zeros_like(y) if self.center is None else self.center",
+        "centre = np.zeros_like(y)",
+        (K("test_trainable_optimizer.py::test_projection_stays_in_ball", algo="diagonal_to"),),
+    ),
+    SourceMutant(
+        "to-projection-always-onto-the-sphere",
+        TO,
+        "return y if distance <= self.radius else centre",
+        "return centre",
+        tuple(K("test_trainable_optimizer.py::test_projection_inactive_in_large_ball", algo=a) for a in TO_VARIANTS),
+    ),
+    SourceMutant(
+        "to-model-schedule-one-step-ahead",
+        TO,
+        "return self.lr * self.lr_decay ** (t - 1)",
+        "return self.lr * self.lr_decay**t",
+        tuple(K("test_trainable_optimizer.py::test_schedules", algo=a) for a in TO_VARIANTS),
+    ),
+    SourceMutant(
+        "to-variable-schedule-one-step-ahead",
+        TO,
+        "return initial * self.lr_opt_decay ** (t - 1)",
+        "return initial * self.lr_opt_decay**t",
+        (K("test_trainable_optimizer.py::test_schedules", algo="trainable_optimizer"),),
+    ),
+    SourceMutant(
+        "to-memory-limit-doubled",
+        TO,
+        "if needed > self.max_memory:",
+        "if needed > 2 * self.max_memory:",
+        (K("test_errors.py::test_errors", algo="trainable_optimizer", case="n² state above max_memory"),),
+    ),
     # ---------------------------------------------------------------- the contract (_core, spec)
     SourceMutant(
         "non-finite-accepted",
@@ -561,13 +687,19 @@ settings.register_profile(
 
 
 @contextmanager
-def _profile(name):
-    previous = settings.get_current_profile_name()
-    settings.load_profile(name)
+def _mutation_settings(test):
+    """Run the hypothesis test ``test`` under MUTATION_PROFILE. @given binds the profile that is
+    current when the module is imported, so loading a profile later has no effect on it; the bound
+    settings are swapped for the duration and restored, since the suite collects the same function."""
+    bound = getattr(test, "_hypothesis_internal_use_settings", None)
+    if bound is None:  # not a hypothesis test
+        yield
+        return
+    test._hypothesis_internal_use_settings = settings.get_profile(MUTATION_PROFILE)
     try:
         yield
     finally:
-        settings.load_profile(previous)
+        test._hypothesis_internal_use_settings = bound
 
 
 def _resolve(kill: Kill):
@@ -594,7 +726,7 @@ def failure_of(kill: Kill, backend):
     }
     # As under `stepspec conform`: numerical warnings from a broken backend's arithmetic are not failures
     # by themselves; the property's assertion decides.
-    with _profile(MUTATION_PROFILE), warnings.catch_warnings():
+    with _mutation_settings(test), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
             test(**kwargs)
@@ -617,6 +749,15 @@ def test_mutant_is_killed(mutant):
             if failure_of(kill, backend) is None:
                 survived.append(str(kill))
     assert not survived, f"mutant {mutant.id} survived {survived}"
+
+
+def test_kill_lists_pass_on_the_reference():
+    """A kill counts only if the test fails because of the mutation: under the same settings every
+    listed test passes on the pristine reference."""
+    kills = {str(kill): kill for mutant in MUTANTS for kill in mutant.kills}
+    failing = {name: str(failure_of(kill, REFERENCE))[:300] for name, kill in kills.items()}
+    failing = {name: message for name, message in failing.items() if message != "None"}
+    assert not failing, f"kill-list tests that fail on the reference itself: {failing}"
 
 
 def _conformance_tests():

@@ -17,6 +17,7 @@ PROBLEMS = {
     "rosenbrock_2d": lambda seed: P.Rosenbrock(2, a=2.0, b=10.0),
     "saddle": lambda seed: P.Saddle(),
     "minibatch": lambda seed: P.MiniBatch(P.random_logistic(30, 4, seed=seed), 7, seed=seed).batch(3),
+    "softmax": lambda seed: P.Softmax(np.random.default_rng(seed).standard_normal((25, 3)), np.arange(25) % 4, l2=0.05),
 }
 
 
@@ -90,3 +91,14 @@ def test_sutton_task_follows_the_protocol():
     flips = [int(np.sum(task.signs(t) != task.signs(t - 1))) for t in range(1, 200)]
     assert flips == [1 if t % 20 == 0 else 0 for t in range(1, 200)]  # one sign every 20 examples
     assert np.array_equal(P.SuttonTask(seed=1).batch(55).X, task.batch(55).X)  # replayable
+
+
+def test_shuffled_epochs_visit_every_sample_once_per_epoch():
+    f = P.Softmax(np.arange(20.0).reshape(10, 2), np.arange(10) % 3, l2=0.1)
+    epochs = P.ShuffledEpochs(f, batch_size=4, seed=7)
+    assert epochs.steps_per_epoch == 3
+    for epoch in range(2):
+        rows = np.concatenate([epochs.batch(epoch * 3 + i + 1).X[:, 0] for i in range(3)])
+        assert sorted(rows) == list(np.arange(0.0, 20.0, 2.0)), "a permutation of the samples"
+    assert not np.array_equal(epochs.batch(1).X, epochs.batch(4).X), "each epoch is shuffled anew"
+    assert epochs.batch(3).m == 2, "the last batch of an epoch holds the remainder"

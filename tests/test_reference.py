@@ -1,13 +1,25 @@
 """Reference details that are not conformance properties: the contract's edges, the relaxed inverse's
-two forms, the unit-gain default, the immutability of states."""
+two forms, the unit-gain default, the immutability of states, TO's warning, memory limit and defaults."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
 
 from stepspec import Observation, StateError, iterate, problems, run
-from stepspec.reference import adam, lm_rllc, propagator, relaxed_pinv, sgd
+from stepspec.errors import StepSizeWarning
+from stepspec.reference import (
+    adam,
+    diagonal_to,
+    lm_rllc,
+    propagator,
+    rank_one_to,
+    relaxed_pinv,
+    sgd,
+    trainable_optimizer,
+)
 
 
 def test_run_shapes_and_bad_steps():
@@ -78,3 +90,46 @@ def test_full_approximation_refuses_a_problem_without_third_order_information():
     with pytest.raises(ObservationError) as error:
         run(optimizer, NoThird(), np.ones(2), 3)
     assert error.value.param == "third" and "NoThird has no third method" in str(error.value)
+
+
+# --------------------------------------------------------------------------- trainable optimizer
+
+
+def test_to_warns_once_when_the_variable_step_amplifies_the_residual():
+    """c = η^A‖x‖² + η^b ≥ 2 warns (spec/trainable_optimizer.md#step-size-bound); c < 2 does not."""
+    x, g = np.array([3.0, 0.0]), np.array([1.0, 1.0])
+    obs = Observation(grad=g, params=x)
+    quiet = trainable_optimizer(lr=0.1, lr_A=0.1, lr_b=0.5)  # c = 0.9 + 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StepSizeWarning)
+        quiet.F(quiet.init(x), obs)
+    loud = trainable_optimizer(lr=0.1, lr_A=0.2, lr_b=0.5)  # c = 1.8 + 0.5
+    with pytest.warns(StepSizeWarning, match="c ≥ 2"):
+        loud.F(loud.init(x), obs)
+    diagonal = diagonal_to(lr=0.1, lr_a=0.2, lr_b=0.5)  # c_i = 0.2·9 + 0.5 at the largest x_i²
+    with pytest.warns(StepSizeWarning):
+        diagonal.F(diagonal.init(x), obs)
+
+
+def test_full_to_memory_limit_names_the_limit_and_the_alternatives():
+    with pytest.raises(StateError) as error:
+        trainable_optimizer(lr=0.1, lr_A=0.0, max_memory=1e6).init(np.zeros(400))  # (400² + 400)·8 > 1e6
+    assert error.value.param == "theta0"
+    assert "max_memory" in str(error.value) and "diagonal_to" in str(error.value) and "rank_one_to" in str(error.value)
+    assert trainable_optimizer(lr=0.1, lr_A=0.0, max_memory=1e6).init(np.zeros(300)).A.shape == (300, 300)
+
+
+def test_to_defaults():
+    """lr_b defaults to the linear part's rate; RankOne starts at u = 0, v = 1/√n; no projection."""
+    assert trainable_optimizer(lr=0.1, lr_A=0.03).lr_b == 0.03
+    assert diagonal_to(lr=0.1, lr_a=0.03).lr_b == 0.03
+    s = rank_one_to(lr=0.1, lr_uv=0.03).init(np.zeros(4))
+    assert np.all(s.u == 0) and np.allclose(s.v, 0.5) and rank_one_to(lr=0.1, lr_uv=0.0).radius is None
+
+
+def test_to_projection_accepts_a_start_outside_the_ball():
+    """θ₀ need not lie in X; θ₁ does (spec/trainable_optimizer.md#projection-sec-32)."""
+    f = problems.random_quadratic(3, seed=2)
+    thetas = run(diagonal_to(lr=0.5, lr_a=0.01, lr_b=0.5, radius=1.0, center=np.ones(3)), f, 10 * np.ones(3), 5)
+    distances = np.linalg.norm(thetas - 1.0, axis=1)
+    assert distances[0] > 1 and np.all(distances[1:] <= 1 + 1e-12)

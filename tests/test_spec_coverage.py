@@ -86,7 +86,7 @@ def test_convergence_page_states_every_budget():
     page = spec.page("convergence")
     for (algo, problem), budget in BUDGETS.items():
         row = next(line for line in page.splitlines() if line.startswith(f"| {algo} |"))
-        column = 2 if problem == "quadratic" else 3
+        column = {"quadratic": 2, "logistic": 3, "minibatch_logistic": 4}[problem]
         assert re.search(rf"/ {budget}\b", row.split("|")[column + 1]), (algo, problem, budget, row)
 
 

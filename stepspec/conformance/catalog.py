@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from .. import spec
-from ..errors import HyperparameterError
+from ..errors import HyperparameterError, StateError
 from ..reference import propagators as props
 from . import strategies
 from .error_inputs import ErrorInput, Phase
@@ -274,6 +274,60 @@ _METAOPTIMIZE_ERROR_INPUTS = (
     ),
 )
 
+
+@st.composite
+def _projection_described(draw):
+    """No projection, or a ball about the origin (a centre needs n: the projection properties set it)."""
+    return {"radius": draw(st.none() | st.floats(0.5, 20.0), label="radius")}
+
+
+_PROJECTION_ERROR_INPUTS = tuple(
+    ErrorInput(f"radius {value!r}", Phase.CONSTRUCT, HyperparameterError, "radius", hyperparameters={"radius": value})
+    for value in (0.0, -1.0, float("nan"), float("inf"), "1", True)
+) + (
+    ErrorInput(
+        "center without a radius",
+        Phase.CONSTRUCT,
+        HyperparameterError,
+        "center",
+        hyperparameters={"center": np.zeros(3)},
+    ),
+    ErrorInput(
+        "center with NaN",
+        Phase.CONSTRUCT,
+        HyperparameterError,
+        "center",
+        hyperparameters={"radius": 1.0, "center": np.array([np.nan, 0.0, 0.0])},
+    ),
+    ErrorInput(
+        "center of the wrong length",
+        Phase.INIT,
+        HyperparameterError,
+        "center",
+        hyperparameters={"radius": 1.0, "center": np.zeros(2)},
+    ),
+)
+_TO_RANGES = {"lr": (1e-3, 1.0), "lr_b": (0.0, 1.0), "lr_decay": (0.9, 1.0), "lr_opt_decay": (0.9, 1.0)}
+
+
+def _trainable_optimizer_row(algo: str, linear_rate: str, extra_ranges=None, extra_error_inputs=()) -> AlgorithmInfo:
+    """The three TO variants differ only in the name of the linear part's rate (and full TO's memory limit)."""
+    return AlgorithmInfo(
+        algo,
+        {**_TO_RANGES, linear_rate: (0.0, 0.02), **(extra_ranges or {})},
+        (
+            Sample("α 0.5, η 0.01, η^b 0.1", {"lr": 0.5, linear_rate: 0.01, "lr_b": 0.1}),
+            Sample("momentum case, β 0.9", {"lr": 1.0, linear_rate: 0.0, "lr_b": 0.1}),
+            Sample(
+                "decaying rates, ball of radius 2",
+                {"lr": 0.5, linear_rate: 0.01, "lr_decay": 0.99, "lr_opt_decay": 0.95, "radius": 2.0},
+            ),
+        ),
+        described=_projection_described,
+        extra_error_inputs=_PROJECTION_ERROR_INPUTS + tuple(extra_error_inputs),
+    )
+
+
 CATALOG: dict[str, AlgorithmInfo] = {
     info.algo: info
     for info in (
@@ -418,5 +472,21 @@ CATALOG: dict[str, AlgorithmInfo] = {
                 Sample("SGD-HD", {"base": "sgd", "alpha0": 0.05, "hypergradient_lr": 1e-3}),
             ),
         ),
+        _trainable_optimizer_row(
+            "trainable_optimizer",
+            "lr_A",
+            extra_ranges={"max_memory": (1e6, 1e9)},
+            extra_error_inputs=(
+                ErrorInput(
+                    "n² state above max_memory",
+                    Phase.INIT,
+                    StateError,
+                    "theta0",
+                    hyperparameters={"max_memory": 64.0},
+                ),
+            ),
+        ),
+        _trainable_optimizer_row("diagonal_to", "lr_a"),
+        _trainable_optimizer_row("rank_one_to", "lr_uv"),
     )
 }

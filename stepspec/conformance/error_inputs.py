@@ -102,7 +102,7 @@ def shared_error_inputs(algo: str, needs: frozenset) -> list[ErrorInput]:
 
     A stateless optimizer that does not read θ (sgd) has no n to check g_t against: its length
     mismatch surfaces in the caller's θ + G, and is not an error input of the algorithm."""
-    state_has_n = any(f.shape in ("n", "n × k") for f in spec.section(algo).state_fields)
+    state_has_n = any(f.shape in ("n", "n × k", "n × n") for f in spec.section(algo).state_fields)
     inputs = _observation_inputs("grad", state_has_n or "params" in needs)
     if "params" in needs:
         inputs += _observation_inputs("params", True)
@@ -131,7 +131,7 @@ def shared_error_inputs(algo: str, needs: frozenset) -> list[ErrorInput]:
                     f"state {f.name} not an integer", init, StateError, f.name, state=lambda s, n=f.name: {n: 1.5}
                 ),
             ]
-        elif f.shape in ("n", "k", "n × k"):
+        elif f.shape in ("n", "k", "n × k", "n × n"):
             inputs += [
                 ErrorInput(
                     f"state {f.name} NaN",

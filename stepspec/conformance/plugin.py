@@ -71,6 +71,8 @@ def pytest_configure(config):
         settings.register_profile("stepspec-max-examples", parent=settings.default, max_examples=limit)
         settings.load_profile("stepspec-max-examples")
     config.addinivalue_line("markers", "algo(name): the algorithm a conformance test checks, for the report")
+    # Properties deliberately use rates beyond the TO step-size bound (spec/trainable_optimizer.md)
+    config.addinivalue_line("filterwarnings", "ignore::stepspec.errors.StepSizeWarning")
     config.stash[_REPORT] = Report({})
 
 

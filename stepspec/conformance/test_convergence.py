@@ -1,5 +1,6 @@
 """Convergence on strongly convex problems (spec/convergence.md): each configuration brings the
-relative suboptimality to 1e-8 within its step budget, from five fixed starting points."""
+relative suboptimality to its problem's tolerance (1e-8; 1e-3 with mini-batch gradients) within its
+step budget, from five fixed starting points."""
 
 from __future__ import annotations
 
@@ -9,23 +10,23 @@ from .assertions import Context, assert_holds
 from .convergence import (
     BUDGETS,
     START_SEEDS,
-    TOLERANCE,
     configuration,
-    problem,
     relative_suboptimality,
     steps_to_tolerance,
+    tolerance,
 )
 
 
 @pytest.mark.parametrize("algo, problem_name", list(BUDGETS))
 def test_convergence(backend, record, algo, problem_name):
     budget = BUDGETS[algo, problem_name]
-    ctx = Context(algo, f"convergence[{problem_name}]", configuration(algo, problem(problem_name).smoothness))
+    ctx = Context(algo, f"convergence[{problem_name}]", configuration(algo, problem_name))
+    target = tolerance(problem_name)
     for seed in START_SEEDS:
-        steps = steps_to_tolerance(relative_suboptimality(backend, algo, problem_name, seed, budget))
+        steps = steps_to_tolerance(relative_suboptimality(backend, algo, problem_name, seed, budget), target)
         assert_holds(
             steps is not None,
-            f"start seed {seed}: relative suboptimality above {TOLERANCE:g} after {budget} steps on {problem_name}",
+            f"start seed {seed}: relative suboptimality above {target:g} after {budget} steps on {problem_name}",
             ctx,
         )
         record.observe(steps / budget, 1.0)

@@ -191,10 +191,12 @@ def test_hypergradient_in_algorithm_1_order(backend, record, n, steps, alpha0, e
             ctx=ctx,
             record=record,
         )
-        return max(np.max(np.abs(a - b)) for a, b in zip(first.thetas, second.thetas))
+        drift = max(float(np.max(np.abs(s["beta"] - alpha0))) for s in first.states)  # σ = identity: β = α
+        return max(np.max(np.abs(a - b)) for a, b in zip(first.thetas, second.thetas)), drift
 
-    big, small = gap(eta), gap(eta / 2)
+    (big, drift), (small, _) = gap(eta), gap(eta / 2)
     assume(big > 1e6 * tol * max(1.0, np.max(np.abs(theta0))))  # an O(η) gap well above round-off
+    assume(drift <= 0.5 * alpha0)  # the O(η) regime: α changes little over the run (not 0.5 → 15)
     assert_holds(
         0.35 <= small / big <= 0.75, f"halving η scaled the order gap by {small / big:.3f}, expected ≈ 0.5", ctx
     )
@@ -446,7 +448,7 @@ def test_surrogate_gradient_at_zero_meta_rate(backend, record, case):
     reference_run(MO, hp, problem, theta0, steps)
     gap, fd_error = surrogate_gap(backend, hp, problem, theta0, steps)
     accuracy = FD_TOLERANCE[backend.dtype]
-    assume(fd_error <= accuracy)  # the derivative exists numerically at this point
+    assume(fd_error <= accuracy / 4)  # the derivative exists numerically here, with room below the accuracy
     record.observe(gap, accuracy)
     assert_holds(gap <= accuracy, f"Hᵀ∇f is off the finite-difference meta-gradient by {gap:.3g}", ctx)
 
@@ -461,7 +463,7 @@ def test_surrogate_gradient_lion_meta(backend, record, case, eta):
     reference_run(MO, hp, problem, theta0, steps)
     gap, fd_error = surrogate_gap(backend, hp, problem, theta0, steps)
     accuracy = FD_TOLERANCE[backend.dtype]
-    assume(fd_error <= accuracy)  # the derivative exists numerically at this point
+    assume(fd_error <= accuracy / 4)  # the derivative exists numerically here, with room below the accuracy
     record.observe(gap, accuracy)
     assert_holds(gap <= accuracy, f"Hᵀ∇f is off the finite-difference meta-gradient by {gap:.3g}", ctx)
 

@@ -11,6 +11,7 @@ from .idbd import idbd, idbd_nonlinear
 from .metaoptimize import algorithm2, algorithm3, metaoptimize
 from .propagators import TABLE_1, Propagator, complex_jordan, direct_sum, jordan, propagator
 from .rllc import linear_memory, lm_rllc, relaxed_pinv, rllc
+from .trainable_optimizer import diagonal_to, rank_one_to, trainable_optimizer
 
 ALGORITHMS = {
     "sgd": sgd,
@@ -27,6 +28,9 @@ ALGORITHMS = {
     "idbd": idbd,
     "idbd_nonlinear": idbd_nonlinear,
     "hypergradient": hypergradient,
+    "trainable_optimizer": trainable_optimizer,
+    "diagonal_to": diagonal_to,
+    "rank_one_to": rank_one_to,
 }
 """Algorithm id (the spec section anchor) → reference constructor."""
 
@@ -39,6 +43,7 @@ __all__ = [
     "algorithm2",
     "algorithm3",
     "complex_jordan",
+    "diagonal_to",
     "direct_sum",
     "hypergradient",
     "idbd",
@@ -52,9 +57,11 @@ __all__ = [
     "momentum",
     "nag",
     "propagator",
+    "rank_one_to",
     "relaxed_pinv",
     "rllc",
     "rmsprop",
     "run",
     "sgd",
+    "trainable_optimizer",
 ]
