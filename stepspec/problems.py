@@ -372,6 +372,43 @@ class MiniBatch(_Batched):
         return self.full.subset(rng.choice(self.full.m, size=self.batch_size, replace=False))
 
 
+class Rotated:
+    """f∘R: θ ↦ f(Rθ) for an orthogonal R, with ∇(f∘R)(θ) = Rᵀ∇f(Rθ) and ∇²(f∘R) v = Rᵀ∇²f(Rθ) R v.
+    A method started from Rᵀθ_0 on f∘R that is invariant under orthogonal maps follows Rᵀθ_t
+    (spec/elra.md); a stochastic problem stays stochastic, batch by batch."""
+
+    def __init__(self, problem, R):
+        R = np.asarray(R, dtype=np.float64)
+        if R.shape != (problem.n, problem.n) or not np.allclose(R.T @ R, np.eye(problem.n), atol=1e-12):
+            raise ValueError(f"R must be an orthogonal {problem.n}×{problem.n} matrix")
+        self.problem, self.R, self.n = problem, R, problem.n
+
+    def batch(self, t: int):
+        return Rotated(self.problem.batch(t), self.R) if hasattr(self.problem, "batch") else self
+
+    def loss(self, theta):
+        return self.problem.loss(self.R @ _vector("theta", theta, self.n))
+
+    def grad(self, theta):
+        return self.R.T @ self.problem.grad(self.R @ _vector("theta", theta, self.n))
+
+    def hvp(self, theta, v):
+        return self.R.T @ self.problem.hvp(self.R @ _vector("theta", theta, self.n), self.R @ _vector("v", v, self.n))
+
+
+class Shifted:
+    """f + c: the same gradients, every loss moved by the constant c."""
+
+    def __init__(self, problem, c: float):
+        self.problem, self.c, self.n = problem, float(c), problem.n
+
+    def loss(self, theta):
+        return self.problem.loss(theta) + self.c
+
+    def grad(self, theta):
+        return self.problem.grad(theta)
+
+
 class SuttonTask:
     """The non-stationary linear regression of Sutton 1992, Experiment 1 (spec/idbd.md#experiment-1):
     inputs x ~ N(0, I_n), target y* = Σ_{i<relevant} s_i x_i with s_i = ±1 and no noise; every

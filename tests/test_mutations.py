@@ -28,6 +28,10 @@ IDBD = "stepspec.reference.idbd"
 HYPERGRADIENT = "stepspec.reference.hypergradient"
 TO = "stepspec.reference.trainable_optimizer"
 TO_VARIANTS = ("trainable_optimizer", "diagonal_to", "rank_one_to")
+ELRA = "stepspec.reference.elra"
+BOWL_1E6 = "bowl, ε = 1e-6"
+CONDITION_2 = "condition (2): σ above half the mean"
+CONDITION_3 = "condition (3): no improvement over three periods"
 
 
 def K(test, **params):
@@ -639,6 +643,174 @@ MUTANTS = [
         "if not np.all(np.isfinite(array)):",
         "if False:",
         (K("test_errors.py::test_errors", algo="momentum", case="grad NaN"),),
+    ),
+    # ---------------------------------------------------------------- ELRA
+    SourceMutant(
+        "elra-ratio-inverted",
+        ELRA,
+        "ratio = self.kappa(alpha) * g_prev_sq / denominator",
+        "ratio = self.kappa(alpha) * denominator / g_prev_sq",
+        (
+            K("test_elra.py::test_parabola_exactness", algo="elra"),
+            K("test_elra.py::test_barzilai_borwein_step", algo="elra"),
+            K("test_elra.py::test_alpha_update_direction", algo="elra"),
+            K("test_elra.py::test_two_dimensional_experiments", experiment=BOWL_1E6, convention="paper"),
+            K("test_equivalence.py::test_equivalence_stepwise", algo="elra"),
+            K("test_convergence.py::test_convergence", algo="elra", problem_name="quadratic"),
+        ),
+    ),
+    SourceMutant(
+        "elra-kappa-constant",
+        ELRA,
+        "1.0 + 0.15 / (1.0 + alpha * alpha)",
+        "1.0 + 0.35 / (1.0 + alpha * alpha)",
+        (
+            K("test_equivalence.py::test_equivalence_stepwise", algo="elra_lean"),
+            K("test_elra.py::test_degenerate_gradients", algo="elra"),
+            K("test_elra.py::test_lean_form_equals_plain_form"),
+        ),
+    ),
+    SourceMutant(
+        "elra-cap-case-divides",
+        ELRA,
+        "return alpha * self.max_ratio, RATIO_CAP  # (E3)",
+        "return alpha / self.max_ratio, RATIO_CAP  # (E3)",
+        (
+            K("test_elra.py::test_alpha_update_direction", algo="elra"),
+            K("test_elra.py::test_degenerate_gradients", algo="elra"),
+        ),
+    ),
+    SourceMutant(
+        "elra-zero-denominator-unguarded",
+        ELRA,
+        "if denominator <= 0.0:\n            return alpha * self.max_ratio",
+        "if denominator < 0.0:\n            return alpha * self.max_ratio",
+        (K("test_elra.py::test_never_nan", algo="elra"),),
+    ),
+    SourceMutant(
+        "elra-zero-previous-gradient-grows",
+        ELRA,
+        "return alpha, NO_LIMIT  # the last step was zero",
+        "return alpha * self.max_ratio, NO_LIMIT  # the last step was zero",
+        (K("test_elra.py::test_degenerate_gradients", algo="elra"),),
+    ),
+    SourceMutant(
+        "elra-retrace-factor-unclamped",
+        ELRA,
+        "return alpha * min(0.5, 0.5 * alpha * g_prev_sq / denominator)",
+        "return alpha * 0.5 * alpha * g_prev_sq / denominator",
+        (K("test_elra.py::test_retrace", algo="elra"),),
+    ),
+    SourceMutant(
+        "elra-retrace-printed-norm",  # the paper's ‖G_{t−1}‖ where the parabola needs ‖G_{t−1}‖²
+        ELRA,
+        "return alpha * min(0.5, 0.5 * alpha * g_prev_sq / denominator)",
+        "return alpha * min(0.5, 0.5 * alpha * math.sqrt(g_prev_sq) / denominator)",
+        (K("test_elra.py::test_retrace", algo="elra_lean"),),
+    ),
+    SourceMutant(
+        "elra-retrace-steps-from-current-point",
+        ELRA,
+        "x_from, g_from, f_from = s.x_prev, s.g_prev, s.f_prev  # go back",
+        "x_from, g_from, f_from = theta, s.g_prev, s.f_prev  # go back",
+        (K("test_elra.py::test_retrace", algo="elra"),),
+    ),
+    SourceMutant(
+        "elra-lean-inner-product-sign",
+        ELRA,
+        "inner = (self.weight_decay * float(s.x_prev @ g) - float(theta @ g)) / s.alpha",
+        "inner = (float(theta @ g) - self.weight_decay * float(s.x_prev @ g)) / s.alpha",
+        (
+            K("test_elra.py::test_lean_form_equals_plain_form"),
+            K("test_elra.py::test_parabola_exactness", algo="elra_lean"),
+        ),
+    ),
+    SourceMutant(
+        "elra-lean-retrace-stays",
+        ELRA,
+        "(decayed_prev - theta) / s.rejected_alpha - theta",
+        "(decayed_prev - theta) / s.alpha - theta",
+        (K("test_elra.py::test_retrace", algo="elra_lean"),),
+    ),
+    SourceMutant(
+        "elra-coordinate-weights",  # breaks rotation invariance, as a per-coordinate scaling does
+        ELRA,
+        "g = self.gradient_scale(s) * obs.grad  # (E10)",
+        "g = self.gradient_scale(s) * obs.grad * (1 + np.arange(obs.grad.shape[0]) / 4)  # (E10)",
+        (K("test_elra.py::test_rotation_invariance", algo="elra"),),
+    ),
+    SourceMutant(
+        "elra-lean-coordinate-weights",
+        ELRA,
+        "g = scale * obs.grad",
+        "g = scale * obs.grad * (1 + np.arange(obs.grad.shape[0]) / 4)",
+        (K("test_elra.py::test_rotation_invariance", algo="elra_lean"),),
+    ),
+    SourceMutant(
+        "elra-no-cascade",
+        ELRA,
+        "exponent = updates - 2 * (updates // 3)",
+        "exponent = updates",
+        (K("test_elra.py::test_batch_controller", algo="elra"),),
+    ),
+    SourceMutant(
+        "elra-condition-2-threshold",
+        ELRA,
+        "noisy = std > 0.5 * abs(means[0])",
+        "noisy = std > 1.0 * abs(means[0])",
+        (K("test_elra.py::test_batch_controller_conditions", algo="elra", script=CONDITION_2),),
+    ),
+    SourceMutant(
+        "elra-condition-1-without-noise-margin",
+        ELRA,
+        "means[0] > means[1] + std / 10",
+        "means[0] > means[1] + std / 100",
+        (K("test_elra.py::test_batch_controller_conditions", algo="elra_lean", script=CONDITION_3),),
+    ),
+    SourceMutant(
+        "elra-condition-3-window",
+        ELRA,
+        "stalled = periods >= 4 and means[3] < min(means[0], means[1], means[2])",
+        "stalled = periods >= 3 and means[2] < min(means[0], means[1])",
+        (K("test_elra.py::test_batch_controller_conditions", algo="elra", script=CONDITION_3),),
+    ),
+    SourceMutant(
+        "elra-period-counts-steps",
+        ELRA,
+        "s.period_batches + s.multiple,",
+        "s.period_batches + 1,",
+        (K("test_elra.py::test_batch_controller", algo="elra_lean"),),
+    ),
+    SourceMutant(
+        "elra-gradient-decay-inverted",
+        ELRA,
+        "return self.initial_multiple / s.multiple if self.gradient_decay else 1.0",
+        "return s.multiple / self.initial_multiple if self.gradient_decay else 1.0",
+        (K("test_elra.py::test_gradient_decay", algo="elra"),),
+    ),
+    SourceMutant(
+        "elra-boost-mean-off-by-one",
+        ELRA,
+        "x_mean=x_sum / count if self.boost else s.x_mean",
+        "x_mean=x_sum / (count + 1) if self.boost else s.x_mean",
+        (K("test_elra.py::test_boosting", algo="elra"),),
+    ),
+    SourceMutant(
+        "elra-authors-kappa-in-small-dimensions",
+        ELRA,
+        "alpha = s.alpha / shrink\n",
+        "alpha = s.alpha / shrink * self.kappa(s.alpha)\n",
+        (K("test_elra.py::test_two_dimensional_experiments", experiment=BOWL_1E6, convention="authors_code"),),
+    ),
+    SourceMutant(
+        "adam-second-moment-pooled",  # a rotation-invariant Adam: the contrast tests must notice
+        CLASSICAL,
+        "v=beta2 * s.v + (1 - beta2) * g * g,",
+        "v=beta2 * s.v + (1 - beta2) * float(g @ g) / g.shape[0],",
+        (
+            K("test_elra.py::test_rotation_invariance_fails_for_adam"),
+            K("test_elra.py::test_adam_saddle_depends_on_rotation"),
+        ),
     ),
     SourceMutant(
         "override-ignored",

@@ -133,3 +133,15 @@ def test_to_projection_accepts_a_start_outside_the_ball():
     thetas = run(diagonal_to(lr=0.5, lr_a=0.01, lr_b=0.5, radius=1.0, center=np.ones(3)), f, 10 * np.ones(3), 5)
     distances = np.linalg.norm(thetas - 1.0, axis=1)
     assert distances[0] > 1 and np.all(distances[1:] <= 1 + 1e-12)
+
+
+def test_elra_cascade_oracle():
+    """The suite's Sec. 3.3 oracle: six triggered updates from m_0 = 4 are ×1.5, ×1.5, ÷1.5, ×1.5, ×1.5,
+    ÷1.5 on the exact multiple, rounded half up: 6, 9, 6, 9, 14, 9; from m_0 = 1 it never drops below 1."""
+    from stepspec.conformance.test_elra import expected_multiples
+
+    assert expected_multiples([1.0] * 6, [1.0] * 6, 4) == [6, 9, 6, 9, 14, 9]
+    assert expected_multiples([1.0] * 3, [1.0] * 3, 1) == [2, 2, 2]
+    from stepspec.reference import elra
+
+    assert elra(batch_control=True, initial_multiple=4).multiple_after(5) == 14

@@ -328,6 +328,106 @@ def _trainable_optimizer_row(algo: str, linear_rate: str, extra_ranges=None, ext
     )
 
 
+@st.composite
+def _elra_described(draw):
+    """ELRA's switches: half the time the defaults, otherwise every mechanism drawn on or off."""
+    if draw(st.booleans()):
+        return {}
+    return {
+        "crop": draw(st.none() | st.floats(1.0, 10.0), label="crop"),
+        "warmup_steps": draw(st.integers(0, 5), label="warmup_steps"),
+        "retrace": draw(st.booleans(), label="retrace"),
+        "initial_retrace": draw(st.booleans(), label="initial_retrace"),
+        "period": draw(st.integers(1, 6), label="period"),
+        "batch_control": draw(st.booleans(), label="batch_control"),
+        "initial_multiple": draw(st.integers(1, 3), label="initial_multiple"),
+        "gradient_decay": draw(st.booleans(), label="gradient_decay"),
+        "boost": draw(st.booleans(), label="boost"),
+    }
+
+
+ELRA_EVERY_FEATURE = {
+    "crop": 2.0,
+    "warmup_steps": 3,
+    "period": 3,
+    "batch_control": True,
+    "initial_multiple": 2,
+    "gradient_decay": True,
+    "weight_decay": 0.99,
+    "boost": True,
+}
+"""Every switchable mechanism of ELRA on (spec/elra.md), for samples and the rotation property."""
+
+_ELRA_RANGES = {
+    "lr": (1e-4, 0.5),
+    "max_ratio": (2.0, 1e6),
+    "lr_min": (1e-8, 1e-6),
+    "lr_max": (10.0, 1e6),
+    "warmup_floor": (0.01, 0.5),
+    "retrace_sigmas": (0.5, 10.0),
+    "weight_decay": (0.9, 1.0),
+}
+
+
+def _elra_error_inputs(algo: str) -> tuple[ErrorInput, ...]:
+    """The prose domains (switches, integers, the crop) and the relations between hyperparameters."""
+    construct = Phase.CONSTRUCT
+    bad_values = [("crop", value) for value in (0.0, -1.0, float("nan"), float("inf"), "2", True)]
+    bad_values += [("warmup_steps", value) for value in (-1, 1.5, True)]
+    bad_values += [("period", value) for value in (0, 2.5, "3")]
+    bad_values += [("initial_multiple", value) for value in (0, 1.5)]
+    bad_values += [(flag, 1) for flag in ("retrace", "initial_retrace", "batch_control", "gradient_decay", "boost")]
+    inputs = [
+        ErrorInput(f"{name}={value!r}", construct, HyperparameterError, name, hyperparameters={name: value})
+        for name, value in bad_values
+    ]
+    inputs += [
+        ErrorInput("lr above lr_max", construct, HyperparameterError, "lr", hyperparameters={"lr": 2e6}),
+        ErrorInput("lr below lr_min", construct, HyperparameterError, "lr", hyperparameters={"lr": 1e-9}),
+        ErrorInput(
+            "lr_min above lr_max",
+            construct,
+            HyperparameterError,
+            "lr_min",
+            hyperparameters={"lr_min": 1.0, "lr_max": 0.5, "lr": 0.7},
+        ),
+        ErrorInput(
+            "warmup_floor above crop",
+            construct,
+            HyperparameterError,
+            "warmup_floor",
+            hyperparameters={"crop": 0.05},
+        ),
+    ]
+    if algo == "elra":
+        inputs += [
+            ErrorInput(
+                f"authors_code with {name}",
+                construct,
+                HyperparameterError,
+                name,
+                hyperparameters={"convention": "authors_code", name: value},
+            )
+            for name, value in (("crop", 2.0), ("batch_control", True), ("weight_decay", 0.99))
+        ]
+    return tuple(inputs)
+
+
+def _elra_row(algo: str, *extra_samples: Sample) -> AlgorithmInfo:
+    return AlgorithmInfo(
+        algo,
+        _ELRA_RANGES,
+        (
+            Sample("the paper's defaults", {}),
+            Sample("every mechanism on", ELRA_EVERY_FEATURE),
+            Sample("κ = 1, γ_max = 10", {"correction": "none", "max_ratio": 10.0}),
+            *extra_samples,
+        ),
+        described=_elra_described,
+        extra_error_inputs=_elra_error_inputs(algo),
+    )
+
+
 CATALOG: dict[str, AlgorithmInfo] = {
     info.algo: info
     for info in (
@@ -488,5 +588,7 @@ CATALOG: dict[str, AlgorithmInfo] = {
         ),
         _trainable_optimizer_row("diagonal_to", "lr_a"),
         _trainable_optimizer_row("rank_one_to", "lr_uv"),
+        _elra_row("elra", Sample("the authors' January-2024 code", {"convention": "authors_code"})),
+        _elra_row("elra_lean"),
     )
 }

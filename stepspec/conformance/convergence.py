@@ -54,6 +54,8 @@ def configuration(algo: str, problem_name: str) -> dict:
         "trainable_optimizer": {**to, "lr_A": 0.1 / curvature},
         "diagonal_to": {**to, "lr_a": 0.1 / curvature},
         "rank_one_to": {**to, "lr_uv": 0.1 / curvature},
+        "elra": {},  # the paper's defaults: nothing to tune (spec/elra.md)
+        "elra_lean": {},
     }[algo]
 
 
@@ -77,6 +79,10 @@ BUDGETS = {  # (algorithm, problem): steps, 1.5× the reference's worst count ov
     ("rank_one_to", "quadratic"): 891,
     ("rank_one_to", "logistic"): 177,
     ("rank_one_to", "minibatch_logistic"): 1547,
+    ("elra", "quadratic"): 480,
+    ("elra", "logistic"): 26,
+    ("elra_lean", "quadratic"): 488,
+    ("elra_lean", "logistic"): 26,
 }
 
 

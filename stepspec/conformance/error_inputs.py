@@ -97,6 +97,22 @@ def _observation_inputs(name: str, knows_n: bool) -> list[ErrorInput]:
     ]
 
 
+def _loss_inputs() -> list[ErrorInput]:
+    """The scalar observation field ``loss``: non-finite, not a scalar, not real, missing."""
+    cases = [
+        ("NaN", np.nan),
+        ("+Inf", np.inf),
+        ("a vector", np.ones(2)),
+        ("complex", np.complex128(1.0)),
+        ("boolean", np.True_),
+        ("missing", None),
+    ]
+    return [
+        ErrorInput(f"loss {desc}", Phase.STEP, ObservationError, "loss", observation=_replace(loss=value))
+        for desc, value in cases
+    ]
+
+
 def shared_error_inputs(algo: str, needs: frozenset) -> list[ErrorInput]:
     """Entries every algorithm has; ``needs`` is the Observation fields the sample optimizer reads.
 
@@ -106,6 +122,8 @@ def shared_error_inputs(algo: str, needs: frozenset) -> list[ErrorInput]:
     inputs = _observation_inputs("grad", state_has_n or "params" in needs)
     if "params" in needs:
         inputs += _observation_inputs("params", True)
+    if "loss" in needs:
+        inputs += _loss_inputs()
     inputs.append(
         ErrorInput(
             "observation not an Observation",

@@ -44,7 +44,12 @@ def _reference_runs(draw, algo):
 
 
 def _array_fields(states):
-    return [name for name, value in states[0].items() if isinstance(value, np.ndarray)]
+    """The numeric state fields: arrays, and scalars such as ELRA's α (compared as 0-d arrays)."""
+    return [
+        name
+        for name, value in states[0].items()
+        if isinstance(value, (np.ndarray, float, int, np.floating, np.integer)) and not isinstance(value, bool)
+    ]
 
 
 @pytest.mark.parametrize("algo", ALGORITHMS)

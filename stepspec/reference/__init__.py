@@ -6,6 +6,7 @@ returns an optimizer with ``init``, ``F`` and ``G`` (spec/formalism.md).
 
 from .._core import iterate, run
 from .classical import adam, adamw, lion, momentum, nag, rmsprop, sgd
+from .elra import elra, elra_lean
 from .hypergradient import hypergradient
 from .idbd import idbd, idbd_nonlinear
 from .metaoptimize import algorithm2, algorithm3, metaoptimize
@@ -31,6 +32,8 @@ ALGORITHMS = {
     "trainable_optimizer": trainable_optimizer,
     "diagonal_to": diagonal_to,
     "rank_one_to": rank_one_to,
+    "elra": elra,
+    "elra_lean": elra_lean,
 }
 """Algorithm id (the spec section anchor) → reference constructor."""
 
@@ -44,6 +47,8 @@ __all__ = [
     "algorithm3",
     "complex_jordan",
     "diagonal_to",
+    "elra",
+    "elra_lean",
     "direct_sum",
     "hypergradient",
     "idbd",
