@@ -26,6 +26,13 @@ NO_LIMIT, RATIO_CAP, CROP, WARMUP_FLOOR, ABSOLUTE_BOUND = range(5)
 
 GROWTH = 1.5  # (E9) the batch multiple's factor per controller update, Sec. 3.3
 HISTORY = 4  # (E9) period means kept: f̄_s … f̄_{s−3}, for condition (3)
+PAPER_INITIAL_LR = 1e-3  # Sec. 3.1: "We chose α_0 = 10⁻³"
+AUTHORS_INITIAL_LR = 1e-5  # the January-2024 code resets α to 1e-5 at its first call
+
+# convention='authors_code' (spec/elra.md#authors-code)
+AUTHORS_GROWTH_DAMPER = 855000.0  # D_0: γ_max starts at 10⁶/(1 + D_0/3.9) ≈ 4.56
+AUTHORS_ERROR_DAMPER = 500000.0  # E_0, also E's ceiling
+AUTHORS_SMALL_DIMENSION = 20  # n ≤ 20: no correction factor and no 1.1 f(x_0) start rule
 
 
 @state
@@ -333,11 +340,6 @@ class ELRA(_ELRABase):
         )
 
 
-AUTHORS_GROWTH_DAMPER = 855000.0  # D_0: γ_max starts at 10⁶/(1 + D_0/3.9) ≈ 4.56
-AUTHORS_ERROR_DAMPER = 500000.0  # E_0, also E's ceiling
-AUTHORS_SMALL_DIMENSION = 20  # n ≤ 20: no correction factor and no 1.1 f(x_0) start rule
-
-
 class LeanELRA(_ELRABase):
     """Sec. 3.6: only x_{t−1} is stored; G_{t−1} = (ω x_{t−1} − x_t)/α_{t−1} is implied by the step."""
 
@@ -460,7 +462,7 @@ def elra(
     defaults to the paper's 1e-3, or to 1e-5 with convention='authors_code'."""
     if lr is None:
         lr = AUTHORS_INITIAL_LR if convention == "authors_code" else PAPER_INITIAL_LR
-    hp = _checked("elra", {k: v for k, v in locals().items() if k != "hp"})
+    hp = _checked("elra", dict(locals()))
     _check_initial_lr(hp)
     if hp["convention"] == "authors_code":
         for name, off in _AUTHORS_CODE_HAS_NONE_OF.items():
@@ -496,7 +498,3 @@ def elra_lean(
     hp = _checked("elra_lean", dict(locals()))
     _check_initial_lr(hp)
     return LeanELRA(needs=_NEEDS, **hp)
-
-
-PAPER_INITIAL_LR = 1e-3  # Sec. 3.1: "We chose α_0 = 10⁻³"
-AUTHORS_INITIAL_LR = 1e-5  # the January-2024 code resets α to 1e-5 at its first call
