@@ -3,9 +3,10 @@
     python benchmarks/surrogate_gradient.py
 
 For each configuration, the relative error of H_tᵀ∇f_t(w_t) against Σ_s c_s df_t(w_t)/dβ_s, the total
-derivative through the unrolled run by central differences (the conformance suite's own
-`surrogate_gap`), on a quadratic (n = 3, κ = 5, seed 0), weight-wise step sizes, exact Hessian, 8 steps,
-α₀ = 0.1, for η = 0.1, 0.05, 0.025, 0.0125, with the ratio of consecutive errors (0.25: O(η²), 0.5: O(η)).
+derivative through the unrolled run by central differences (`stepspec.conformance.surrogate`, which the
+conformance properties use too), on a quadratic (n = 3, κ = 5, seed 0), weight-wise step sizes, exact Hessian,
+8 steps, α₀ = 0.1, for η = 0.1, 0.05, 0.025, 0.0125, with the ratio of consecutive errors (0.25: O(η²),
+0.5: O(η)).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from stepspec import problems as P
 from stepspec.backends.reference import BACKEND
-from stepspec.conformance.test_metaoptimize import surrogate_gap
+from stepspec.conformance.surrogate import surrogate_gap
 
 CONFIGURATIONS = [
     ("sgd", "full", "sgd"),

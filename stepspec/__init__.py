@@ -6,9 +6,11 @@
 
 from ._core import Observation, iterate, run, state_fields
 from .errors import (
+    DivergenceError,
     HyperparameterError,
     NotationError,
     ObservationError,
+    SpectralRadiusWarning,
     StateError,
     StepSizeWarning,
     StepspecError,
@@ -17,10 +19,12 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DivergenceError",
     "HyperparameterError",
     "NotationError",
     "Observation",
     "ObservationError",
+    "SpectralRadiusWarning",
     "StateError",
     "StepSizeWarning",
     "StepspecError",

@@ -7,6 +7,8 @@ An optimizer is a pair (F, G) with S_t = F(S_{t-1}, obs_t) and θ_t = θ_{t-1} +
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator
@@ -16,7 +18,7 @@ from types import MappingProxyType
 import numpy as np
 
 from . import spec
-from .errors import ObservationError, StateError
+from .errors import DivergenceError, ObservationError, StateError
 
 OBSERVATION_FIELDS = ("grad", "params", "loss", "hvp", "third")
 
@@ -66,12 +68,34 @@ def state_fields(s) -> dict:
     return {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
 
 
+# --------------------------------------------------------------------------- working precision
+
+_WORKING_DTYPE = contextvars.ContextVar("stepspec_working_dtype", default=np.float64)
+
+
+def working_dtype() -> type:
+    """The float type validated inputs are converted to: float64, unless ``working_precision`` says otherwise."""
+    return _WORKING_DTYPE.get()
+
+
+@contextlib.contextmanager
+def working_precision(dtype):
+    """Within the block, validated inputs become ``dtype`` arrays, and optimizers constructed in it keep
+    computing in ``dtype`` (the reference's arithmetic follows its inputs' dtype). The float32
+    conformance backend is the reference constructed under ``working_precision(np.float32)``."""
+    token = _WORKING_DTYPE.set(np.dtype(dtype).type)
+    try:
+        yield
+    finally:
+        _WORKING_DTYPE.reset(token)
+
+
 # --------------------------------------------------------------------------- input checks
 
 
-def as_real_array(name: str, value, error: type, shape: tuple | None = None) -> np.ndarray:
-    """``value`` as a read-only float64 array, or ``error(name, ...)``: real (not bool/complex), finite,
-    and of ``shape`` when given."""
+def as_real_array(name: str, value, error: type, shape: tuple | None = None, dtype=None) -> np.ndarray:
+    """``value`` as a read-only array of the working dtype (float64 by default), or ``error(name, ...)``:
+    real (not bool/complex), finite, and of ``shape`` when given; ``dtype`` overrides the working dtype."""
     try:
         array = np.asarray(value)
     except Exception as exc:  # ragged lists and other non-arrays
@@ -80,7 +104,7 @@ def as_real_array(name: str, value, error: type, shape: tuple | None = None) -> 
         raise error(name, f"must be a real array, got dtype {array.dtype}")
     if shape is not None and array.shape != tuple(shape):
         raise error(name, f"must have shape {tuple(shape)}, got {array.shape}")
-    array = np.array(array, dtype=np.float64)
+    array = np.array(array, dtype=dtype or working_dtype())
     if not np.all(np.isfinite(array)):
         bad = np.flatnonzero(~np.isfinite(array.ravel()))
         raise error(name, f"must be finite, got {array.ravel()[bad[0]]} at flat index {bad[0]}")
@@ -105,7 +129,7 @@ class Optimizer(abc.ABC):
     """Base of the reference optimizers: validation of the contract around ``_F`` and ``_G``.
 
     Subclasses set ``algo`` (the spec section id) and ``State``, and implement ``initial_state``
-    (S_0 as a dict), ``_F`` and ``_G`` on validated float64 inputs.
+    (S_0 as a dict), ``_F`` and ``_G`` on validated inputs (arrays of the working dtype).
     """
 
     algo: str
@@ -115,6 +139,7 @@ class Optimizer(abc.ABC):
         self._hyperparameters = MappingProxyType(dict(hyperparameters))
         self.__dict__.update(hyperparameters)  # read as self.lr, self.B, ... in the equations
         self.needs = frozenset(needs)
+        self.dtype = working_dtype()  # init, F and G compute in the precision the optimizer was built in
 
     @property
     def hyperparameters(self):
@@ -132,21 +157,24 @@ class Optimizer(abc.ABC):
 
     def init(self, theta0, **initial_state) -> State:
         """S_0 for parameters ``theta0``; keyword arguments override any state field."""
-        theta0 = as_vector("theta0", theta0, StateError)
-        fields = self.initial_state(theta0)
-        for name, value in initial_state.items():
-            if name not in fields:
-                raise StateError(name, f"is not a state field of {self.algo}; fields: {sorted(fields)}")
-            fields[name] = self._check_state_field(name, value, fields[name])
-        return self.State(**fields)
+        with working_precision(self.dtype):
+            theta0 = as_vector("theta0", theta0, StateError)
+            fields = self.initial_state(theta0)
+            for name, value in initial_state.items():
+                if name not in fields:
+                    raise StateError(name, f"is not a state field of {self.algo}; fields: {sorted(fields)}")
+                fields[name] = self._check_state_field(name, value, fields[name])
+            return self.State(**fields)
 
     def F(self, state: State, obs: Observation) -> State:
         """S_t = F(S_{t-1}, obs_t)."""
-        return self._F(state, self.check_observation(obs, self.dimension(state)))
+        with working_precision(self.dtype):
+            return self._F(state, self.check_observation(obs, self.dimension(state)))
 
     def G(self, state: State, obs: Observation) -> np.ndarray:
         """The update θ_t − θ_{t-1} = G(S_t, obs_t)."""
-        return self._G(state, self.check_observation(obs, self.dimension(state)))
+        with working_precision(self.dtype):
+            return self._G(state, self.check_observation(obs, self.dimension(state)))
 
     # -- hooks --------------------------------------------------------------------------
 
@@ -172,7 +200,8 @@ class Optimizer(abc.ABC):
     # -- validation ---------------------------------------------------------------------
 
     def check_observation(self, obs, n: int | None) -> Observation:
-        """The observation with validated float64 fields, or ``ObservationError`` naming the field."""
+        """The observation with validated fields (arrays of the working dtype), or ``ObservationError``
+        naming the field."""
         if not isinstance(obs, Observation):
             raise ObservationError("obs", f"must be a stepspec.Observation, got {type(obs).__name__}")
         for name in sorted(self.needs):
@@ -186,7 +215,7 @@ class Optimizer(abc.ABC):
             params = as_vector("params", obs.params, ObservationError, grad.shape[0])
         loss = None
         if "loss" in self.needs:
-            loss = float(as_real_array("loss", obs.loss, ObservationError, shape=()))
+            loss = float(as_real_array("loss", obs.loss, ObservationError, shape=(), dtype=np.float64))  # a host scalar
         curvature = {}
         for name, meaning in (("hvp", "v ↦ ∇²f v"), ("third", "(u, v) ↦ ∇³f[u, v]")):
             if name in self.needs:
@@ -197,16 +226,17 @@ class Optimizer(abc.ABC):
         return Observation(grad, params, loss, curvature.get("hvp"), curvature.get("third"))
 
     def _check_state_field(self, name: str, value, default):
-        """An override must look like the default: same array shape, a non-negative int counter, or a
-        finite real scalar. Other fields (an RLLC rule's hidden state) are the rule's business."""
+        """An override must look like the default: same array shape and dtype, a non-negative int counter,
+        or a finite real scalar (a host float, float64 in every working precision). Other fields (an RLLC
+        rule's hidden state) are the rule's business."""
         if isinstance(default, np.ndarray):
-            return as_real_array(name, value, StateError, default.shape)
+            return as_real_array(name, value, StateError, default.shape, default.dtype)
         if isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise StateError(name, f"must be a non-negative integer, got {value!r}")
             return int(value)
         if isinstance(default, float):
-            return float(as_real_array(name, value, StateError, shape=()))
+            return float(as_real_array(name, value, StateError, shape=(), dtype=np.float64))
         return value
 
 
@@ -239,9 +269,46 @@ def observe(problem, theta: np.ndarray, needs) -> Observation:
     )
 
 
+def _non_finite_entry(value) -> str | None:
+    """'<entry> at flat index <i>' for the first NaN or ±Inf of a real floating value, else None: other
+    values (wrong kinds, ragged lists) are left to the contract's own checks."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):
+        return None
+    if array.dtype.kind != "f":
+        return None
+    bad = np.flatnonzero(~np.isfinite(array.ravel()))
+    return f"{array.ravel()[bad[0]]} at flat index {bad[0]}" if bad.size else None
+
+
+def _check_finite(param: str, what: str, value, t: int, previous: np.ndarray):
+    """``value`` (``what``, named ``param``) if finite, else ``DivergenceError`` at step t; ``previous`` = θ_{t−1}."""
+    entry = _non_finite_entry(value)
+    if entry is not None:
+        largest = float(np.max(np.abs(previous)))
+        raise DivergenceError(param, t, f"{what} is not finite ({entry}); max |θ_{t - 1}| = {largest:.3g}")
+    return value
+
+
+def _finite_observation(obs: Observation, t: int, theta: np.ndarray) -> Observation:
+    """The problem's observation at θ_{t−1} = ``theta``, with its gradient, loss and curvature products
+    checked by ``_check_finite``."""
+
+    def finite(name: str, value):
+        return _check_finite(name, f"the problem's {name} at θ_{t - 1}", value, t, theta)
+
+    def checked(name: str, function: Callable) -> Callable:
+        return lambda *vectors: finite(name, function(*vectors))
+
+    curvature = {name: checked(name, getattr(obs, name)) for name in ("hvp", "third") if getattr(obs, name)}
+    return dataclasses.replace(obs, grad=finite("grad", obs.grad), loss=finite("loss", obs.loss), **curvature)
+
+
 def iterate(optimizer, problem, theta0, steps: int, **initial_state) -> Iterator[tuple[int, np.ndarray, object]]:
     """Yield (t, θ_t, S_t) for t = 0 … steps. A problem with a ``batch(t)`` method is stochastic:
-    f_t = problem.batch(t); otherwise f_t = problem."""
+    f_t = problem.batch(t); otherwise f_t = problem. A run that leaves the finite numbers stops with
+    ``DivergenceError`` naming the step (spec/formalism.md#running)."""
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     theta = as_vector("theta0", theta0, StateError)
@@ -249,12 +316,19 @@ def iterate(optimizer, problem, theta0, steps: int, **initial_state) -> Iterator
     yield 0, theta, s
     for t in range(1, steps + 1):
         f_t = problem.batch(t) if hasattr(problem, "batch") else problem
-        obs = observe(f_t, theta, optimizer.needs)
-        s = optimizer.F(s, obs)
-        theta = theta + optimizer.G(s, obs)
+        previous = theta
+        # a diverging run overflows on the way: reported below as a divergence at step t, not as a warning
+        with np.errstate(over="ignore", invalid="ignore"):
+            obs = _finite_observation(observe(f_t, theta, optimizer.needs), t, theta)
+            s = optimizer.F(s, obs)
+            theta = theta + optimizer.G(s, obs)
+        _check_finite("theta", f"θ_{t}", theta, t, previous)
+        for name, value in state_fields(s).items():
+            if isinstance(value, (float, np.floating, np.ndarray)):
+                _check_finite(name, f"the state field {name} of S_{t}", value, t, previous)
         yield t, theta, s
 
 
 def run(optimizer, problem, theta0, steps: int, **initial_state) -> np.ndarray:
-    """θ_0 … θ_steps as an array of shape (steps + 1, n)."""
+    """θ_0 … θ_steps as an array of shape (steps + 1, n); a diverging run raises ``DivergenceError``."""
     return np.stack([theta for _, theta, _ in iterate(optimizer, problem, theta0, steps, **initial_state)])

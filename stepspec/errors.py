@@ -35,3 +35,18 @@ class ObservationError(StepspecError, ValueError):
 class StepSizeWarning(UserWarning):
     """A step size outside the range where a documented guarantee holds; the step is still taken
     as the spec defines it (spec/errors.md#warnings)."""
+
+
+class DivergenceError(StepspecError, ArithmeticError):
+    """A run (``stepspec.run``, ``stepspec.iterate``) that left the finite numbers at step ``step``: θ_t or a
+    floating-point field of S_t is not finite, or the problem's gradient, loss or curvature product at
+    θ_{t−1} is (spec/formalism.md#running). ``param`` names that quantity."""
+
+    def __init__(self, param: str, step: int, message: str):
+        self.step = step
+        super().__init__(param, f"the run diverged at step {step}: {message}")
+
+
+class SpectralRadiusWarning(UserWarning):
+    """Propagator notation that parses to a valid matrix B with spectral radius ρ(B) ≥ 1, such as
+    ``"M(1.5)"``: ``lm_rllc`` and ``linear_memory`` will reject it (spec/propagators.md#notation)."""

@@ -1,6 +1,7 @@
-"""Backends for the CLI tests, loaded as `--backend tests.backends_for_cli:NAME`."""
+"""Backends for the CLI tests, loaded as `--backend tests.backends_for_cli:NAME`: realistic broken ports."""
 
 from stepspec.backends.reference import ReferenceBackend
+from stepspec.errors import ObservationError
 from stepspec.reference import momentum, sgd
 
 
@@ -11,5 +12,36 @@ def _upside_down_sgd(lr):
     return optimizer
 
 
+def _dampened_momentum(lr, beta=0.9):
+    """Momentum with torch's `dampening` applied by mistake: m = β m + (1 − β) g."""
+    optimizer = momentum(lr, beta)
+    optimizer._F = lambda s, obs: s.replace(m=optimizer.beta * s.m + (1 - optimizer.beta) * obs.grad)
+    return optimizer
+
+
+def _sgd_rejecting_large_gradients(lr):
+    """SGD that raises on valid input (a port's over-eager check): an unexpected exception."""
+    optimizer = sgd(lr)
+    step = optimizer._G
+
+    def G(s, obs):
+        if abs(obs.grad).max() > 0.5:
+            raise ObservationError("grad", "must be below 0.5")
+        return step(s, obs)
+
+    optimizer._G = G
+    return optimizer
+
+
+def _slow_sgd(lr):
+    """SGD with a tenth of the learning rate: converges, but too slowly for the convergence budget."""
+    optimizer = sgd(lr)
+    optimizer._G = lambda s, obs: -0.1 * optimizer.lr * obs.grad
+    return optimizer
+
+
 PARTIAL = ReferenceBackend({"sgd": sgd, "momentum": momentum}, name="partial")
 BROKEN_SGD = ReferenceBackend({"sgd": _upside_down_sgd}, name="broken-sgd")
+DAMPENED_MOMENTUM = ReferenceBackend({"momentum": _dampened_momentum}, name="dampened-momentum")
+RAISING_SGD = ReferenceBackend({"sgd": _sgd_rejecting_large_gradients}, name="raising-sgd")
+SLOW_SGD = ReferenceBackend({"sgd": _slow_sgd}, name="slow-sgd")

@@ -48,6 +48,8 @@ def base_step(name, alpha, w, m, v, g, t):
 
 def meta_step(name, beta, m, v, z, t):
     eta, rho, lam, c, eps, kappa = (HP[k] for k in ("eta", "meta_rho", "meta_lam", "meta_c", "meta_eps", "meta_kappa"))
+    if name == "fixed":
+        return beta, m, v
     new_m, new_v = rho * m + (1 - rho) * z, lam * v + (1 - lam) * z**2
     if name == "sgd":
         U, new_m, new_v = z, m, v
@@ -76,6 +78,7 @@ def one_step(base, meta, blocks, p, h):
 
 
 CASES = list(itertools.product(["sgd", "sgdm", "adamw", "rmsprop", "lion"], ["sgd", "adam", "rmsprop", "lion"]))
+CASES += [("sgd", "fixed"), ("adamw", "fixed")]  # β' = β: its blocks are trivial, two bases suffice
 
 
 @pytest.mark.parametrize("base, meta", CASES)

@@ -170,18 +170,27 @@ MUTANTS = [
         "L=law_update(s.L, linear_memory_update(s.M, g, self.B, self.a), g, self.c2, self.eps)",
         (
             K("test_rllc.py::test_m0_rllc_is_adaptive_sgd"),
+            K("test_rllc.py::test_theorem_5_2_non_cyclic_counterexample"),
             K("test_equivalence.py::test_equivalence_stepwise", algo="lm_rllc"),
         ),
     ),
     SourceMutant(
         "pinv-without-cutoff",
         RLLC,
-        "cutoff = max(M.shape) * np.finfo(np.float64).eps * sigma.max(initial=0.0)",
+        "cutoff = max(M.shape) * np.finfo(M.dtype).eps * sigma.max(initial=0.0)",
         "cutoff = 0.0",
         (
             K("test_rllc.py::test_rllc_step_projects"),
             K("test_rllc.py::test_relaxed_inverse_limit"),
+            K("test_rllc.py::test_theorem_5_3_orthogonal_basis_from_zero_memory"),
         ),
+    ),
+    SourceMutant(
+        "round-off-singular-values-inverted-when-relaxed",
+        RLLC,
+        "        coefficients[~kept] = 0.0\n",
+        "",
+        (K("test_rllc.py::test_relaxed_inverse_limit"),),
     ),
     SourceMutant(
         "tikhonov-tenfold",
@@ -215,6 +224,7 @@ MUTANTS = [
         (
             K("test_rllc.py::test_lemma_3_8_linear_invariance"),
             K("test_rllc.py::test_theorem_5_2_basis_invariance"),
+            K("test_rllc.py::test_theorem_5_2_printed_form_cyclic"),
         ),
     ),
     SourceMutant(
@@ -227,6 +237,8 @@ MUTANTS = [
             K("test_rllc.py::test_jordan_abstract_rule_app_b"),
             K("test_rllc.py::test_complex_momentum_block"),
             K("test_rllc.py::test_theorem_5_2_basis_invariance"),
+            K("test_rllc.py::test_theorem_5_2_printed_form_cyclic"),
+            K("test_rllc.py::test_theorem_5_2_non_cyclic_counterexample"),
         ),
     ),
     SourceMutant(
@@ -235,7 +247,8 @@ MUTANTS = [
         "return M @ B + np.outer(g, a)",
         "return M @ B + np.outer(g, 0 * a)",
         (
-            K("test_rllc.py::test_theorem_5_2_printed_form_fails"),
+            K("test_rllc.py::test_theorem_5_2_printed_map_fails"),
+            K("test_rllc.py::test_theorem_5_3_jordan_basis_from_zero_memory_differs"),
             K("test_rllc.py::test_linear_memory_k1_is_momentum"),
             K("test_rllc.py::test_fixed_laws_sgd_momentum_nag", law="sgd"),
         ),
@@ -363,7 +376,7 @@ MUTANTS = [
     SourceMutant(
         "adam-hd-authors-is-paper",
         HYPERGRADIENT,
-        "direction = np.sqrt(b2) / b1 * m / (np.sqrt(v) + self.eps)",
+        "direction = math.sqrt(b2) / b1 * m / (np.sqrt(v) + self.eps)",
         "direction = (m / b1) / (np.sqrt(v / b2) + self.eps)",
         (K("test_hypergradient.py::test_adam_hd_authors_epsilon"),),
     ),
@@ -408,7 +421,7 @@ MUTANTS = [
     SourceMutant(
         "printed-algorithm-2",
         METAOPTIMIZE,
-        "C = gamma * Yb + (1 - gamma) * np.eye(m)",
+        "C = gamma * Yb + (1 - gamma) * identity",
         "C = Yb",
         (K("test_metaoptimize.py::test_algorithm2_printed_h_update"),),
     ),
@@ -456,6 +469,68 @@ MUTANTS = [
         "        if authors:  # the authors' code carries no Y trace",
         "        if False:  # the authors' code carries no Y trace",
         (K("test_metaoptimize.py::test_authors_code_keeps_y_identity"),),
+    ),
+    SourceMutant(
+        "y-decay-ignores-gamma",
+        METAOPTIMIZE,
+        "Y_beta = meta.beta_beta[:, None] * C + meta.beta_m[:, None] * Pmm",
+        "Y_beta = meta.beta_beta[:, None] * Yb + meta.beta_m[:, None] * Pmm",
+        (K("test_metaoptimize.py::test_authors_code_keeps_y_identity"),),
+    ),
+    SourceMutant(
+        "alpha-field-is-the-next-steps",
+        METAOPTIMIZE,
+        "alpha=step_sizes[0],",
+        "alpha=sigma(self.sigma, meta.beta)[0],",
+        (K("test_metaoptimize.py::test_alpha_is_the_step_size_of_the_step", algo="metaoptimize"),),
+    ),
+    SourceMutant(
+        "adam-meta-old-first-moment",
+        METAOPTIMIZE,
+        "a, a_z, a_m, m_z = new_m / b1,",
+        "a, a_z, a_m, m_z = m / b1,",
+        (K("test_metaoptimize.py::test_adam_meta_uses_the_new_moments"),),
+    ),
+    SourceMutant(
+        "authors-code-eps-is-the-papers",
+        METAOPTIMIZE,
+        "AUTHORS_CODE_EPS = 1e-10",
+        "AUTHORS_CODE_EPS = 1e-8",
+        (K("test_metaoptimize.py::test_convention_sets_the_epsilons"),),
+    ),
+    SourceMutant(
+        "fixed-meta-decays",
+        METAOPTIMIZE,
+        'return MetaCell(beta=beta, beta_z=zero, **{**common, "beta_beta": one})',
+        'return MetaCell(beta=shrink * beta, beta_z=zero, **{**common, "beta_beta": shrink})',
+        (K("test_metaoptimize.py::test_zero_meta_rate_is_the_base"),),
+    ),
+    SourceMutant(
+        "sgd-hd-nesterov-ignored",
+        HYPERGRADIENT,
+        "direction = g + self.momentum * m if self.nesterov else m",
+        "direction = m",
+        (
+            K("test_hypergradient.py::test_zero_hypergradient_rate_is_the_base", base="sgd"),
+            K("test_hypergradient.py::test_sgd_hd_step_size_rule"),
+        ),
+    ),
+    SourceMutant(
+        "sgd-hd-dampened-momentum",
+        HYPERGRADIENT,
+        "m = self.momentum * s.m + g",
+        "m = self.momentum * s.m + (1 - self.momentum) * g",
+        (
+            K("test_hypergradient.py::test_zero_hypergradient_rate_is_the_base", base="sgd"),
+            K("test_metaoptimize.py::test_hypergradient_is_a_special_case", algo="hypergradient"),
+        ),
+    ),
+    SourceMutant(
+        "hd-hypergradient-without-weight-decay",
+        HYPERGRADIENT,
+        "h = -float(g @ s.direction)",
+        "h = -float(obs.grad @ s.direction)",
+        (K("test_hypergradient.py::test_weight_decay_is_l2"),),
     ),
     # ---------------------------------------------------------------- propagator builders (host utilities)
     SourceMutant(
@@ -511,6 +586,14 @@ MUTANTS = [
         '_REAL_CHARS = frozenset("0123456789.+-eE")',
         '_REAL_CHARS = frozenset("0123456789.+-eE_")',
         (K("test_propagators.py::test_malformed_notation", notation="CM(1_0)"),),
+        patch_module=True,
+    ),
+    SourceMutant(
+        "radius-warning-misses-the-boundary",
+        PROPAGATORS,
+        "if not rho < 1]",
+        "if rho > 1]",
+        (K("test_propagators.py::test_out_of_domain_notation_warns", notation="M(-1)"),),
         patch_module=True,
     ),
     # ---------------------------------------------------------------- trainable optimizer
@@ -590,8 +673,8 @@ MUTANTS = [
     SourceMutant(
         "to-rank-one-zero-init",
         TO,
-        '"v": np.full(n, 1 / math.sqrt(n))',
-        '"v": np.zeros(n)',
+        '"v": np.full_like(theta0, 1 / math.sqrt(n))',
+        '"v": np.zeros_like(theta0)',
         (K("test_equivalence.py::test_equivalence_free_running", algo="rank_one_to"),),
     ),
     SourceMutant(
@@ -803,6 +886,13 @@ MUTANTS = [
         (K("test_elra.py::test_two_dimensional_experiments", experiment=BOWL_1E6, convention="authors_code"),),
     ),
     SourceMutant(
+        "elra-error-damper-capped",  # min(16E, 5e5), the ceiling the reference had before issue 10
+        ELRA,
+        "error_damper *= 16.0",
+        "error_damper = min(16.0 * error_damper, AUTHORS_ERROR_DAMPER)",
+        (K("test_elra.py::test_authors_code_error_damper"),),
+    ),
+    SourceMutant(
         "adam-second-moment-pooled",  # a rotation-invariant Adam: the contrast tests must notice
         CLASSICAL,
         "v=beta2 * s.v + (1 - beta2) * g * g,",
@@ -815,7 +905,7 @@ MUTANTS = [
     SourceMutant(
         "override-ignored",
         "stepspec._core",
-        "return as_real_array(name, value, StateError, default.shape)",
+        "return as_real_array(name, value, StateError, default.shape, default.dtype)",
         "return default",
         (K("test_state.py::test_init_overrides_round_trip", algo="momentum"),),
     ),

@@ -3,13 +3,14 @@ two forms, the unit-gain default, the immutability of states, TO's warning, memo
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 import pytest
 
 from stepspec import Observation, StateError, iterate, problems, run
-from stepspec.errors import StepSizeWarning
+from stepspec.errors import DivergenceError, StepSizeWarning
 from stepspec.reference import (
     adam,
     diagonal_to,
@@ -27,6 +28,25 @@ def test_run_shapes_and_bad_steps():
     assert run(sgd(0.1), f, np.zeros(3), 4).shape == (5, 3)
     with pytest.raises(ValueError, match="steps"):
         run(sgd(0.1), f, np.zeros(3), -1)
+
+
+@pytest.mark.parametrize(
+    "optimizer, theta0, param, step",
+    [
+        # θ_t = (−19)^t on the curvature-2 axis: the gradient 2θ_{t−1} overflows once 19^(t−1) > max/2, t = 242
+        (sgd(lr=10.0), np.ones(2), "grad", 1 + math.ceil(math.log(np.finfo(float).max / 2) / math.log(19))),
+        (sgd(lr=1e300), np.array([1e10, 0.0]), "theta", 1),  # the step −1e300·g overflows
+        (adam(lr=0.1), np.array([1e200, 0.0]), "v", 1),  # g² overflows in the state; θ_1 stays finite
+    ],
+)
+def test_run_reports_divergence_at_its_step(optimizer, theta0, param, step):
+    """spec/formalism.md#running: a run that leaves the finite numbers raises DivergenceError naming the
+    quantity and the step, before any overflow warning (RuntimeWarning is an error here)."""
+    f = problems.quadratic(np.diag([1.0, 2.0]), np.zeros(2))
+    with pytest.raises(DivergenceError) as error:
+        run(optimizer, f, theta0, 500)
+    assert (error.value.param, error.value.step) == (param, step)
+    assert f"diverged at step {step}" in str(error.value)
 
 
 def test_iterate_uses_the_batch_of_each_step():
@@ -119,6 +139,20 @@ def test_full_to_memory_limit_names_the_limit_and_the_alternatives():
     assert trainable_optimizer(lr=0.1, lr_A=0.0, max_memory=1e6).init(np.zeros(300)).A.shape == (300, 300)
 
 
+def test_full_to_default_memory_limit_is_n_11584():
+    """spec/trainable_optimizer.md (memory limit): the default 2³⁰ bytes admit n = 11 584, (n² + n)·8 =
+    1 073 605 120, and refuse n = 11 585 (1 073 790 480); the limit itself is inclusive, checked at n = 300
+    so that nothing large is allocated."""
+    default = trainable_optimizer(lr=0.1, lr_A=0.0)
+    assert default.max_memory == 2**30 >= (11584**2 + 11584) * 8
+    with pytest.raises(StateError, match="1,073,790,480 bytes"):
+        default.init(np.zeros(11585))
+    exact = (300**2 + 300) * 8
+    assert trainable_optimizer(lr=0.1, lr_A=0.0, max_memory=exact).init(np.zeros(300)).A.shape == (300, 300)
+    with pytest.raises(StateError):
+        trainable_optimizer(lr=0.1, lr_A=0.0, max_memory=exact - 1).init(np.zeros(300))
+
+
 def test_to_defaults():
     """lr_b defaults to the linear part's rate; RankOne starts at u = 0, v = 1/√n; no projection."""
     assert trainable_optimizer(lr=0.1, lr_A=0.03).lr_b == 0.03
@@ -145,3 +179,26 @@ def test_elra_cascade_oracle():
     from stepspec.reference import elra
 
     assert elra(batch_control=True, initial_multiple=4).multiple_after(5) == 14
+
+
+def test_elra_error_damper_follows_the_authors_code():
+    """spec/elra.md#error-damper: the January-2024 code tests E < 5·10⁵ before multiplying by 16. From the
+    pinned Rosenbrock start the rise lifts E past 5·10⁵, and the last pinned retrace happens only because of
+    it: min(16E, 5·10⁵), the rule this reference had before, gives a threshold above that step's loss."""
+    from stepspec.conformance.elra_experiments import ERROR_DAMPER_RETRACES, ERROR_DAMPER_RISE, ERROR_DAMPER_START
+    from stepspec.reference import elra
+
+    ceiling, rosenbrock, t = 5e5, problems.Rosenbrock(), ERROR_DAMPER_RETRACES[-1]
+    trajectory = list(iterate(elra(convention="authors_code"), rosenbrock, ERROR_DAMPER_START, t))
+    thetas, states = [theta for _, theta, _ in trajectory], [s for _, _, s in trajectory]
+    below = states[ERROR_DAMPER_RISE - 1].error_damper
+    assert below < ceiling < states[ERROR_DAMPER_RISE].error_damper == 16 * below
+    # from the rise on both rules shrink E by the same factors: the capped E is the code's scaled down
+    code, capped = states[t - 1].error_damper, states[t - 1].error_damper * ceiling / (16 * below)
+    best = states[t - 1].relaxed_best
+
+    def threshold(error_damper):  # retrace unless f < 1.1 τ T (spec/elra.md#authors-code)
+        return 1.1 * best * (25 + (2500 + 71 * np.sqrt(best)) / (1 + np.sqrt(error_damper)))
+
+    loss = rosenbrock.loss(thetas[t - 1])  # step t observes f at θ_{t−1}
+    assert states[t].retraced and threshold(code) < loss < threshold(capped)

@@ -10,6 +10,7 @@ import pytest
 from stepspec import problems as P
 from stepspec import reference
 from stepspec.conformance.tolerance import deviation, series_scale, tolerance
+from stepspec.reference.rllc import relaxed_pinv
 
 torch = pytest.importorskip("torch")
 
@@ -55,3 +56,24 @@ def test_matches_torch(algo, ours, optimizer_class, theirs):
     scale = series_scale(expected)
     worst = max(deviation(a, e, scale)[0] for a, e in zip(actual, expected))
     assert worst <= BOUND, f"{algo}: relative deviation {worst:.3g} from torch.optim exceeds {BOUND:.3g}"
+
+
+def _torch_relaxed_pinv(M: np.ndarray, eps: float, cut: bool) -> np.ndarray:
+    """(R3b) with torch's SVD, with or without the round-off cut-off (R3c)."""
+    U, sigma, Vt = (x.numpy() for x in torch.linalg.svd(torch.from_numpy(M), full_matrices=False))
+    coefficients = sigma / (sigma * sigma + eps)
+    if cut:
+        coefficients[sigma <= max(M.shape) * np.finfo(M.dtype).eps * sigma.max()] = 0.0
+    return (Vt.T * coefficients) @ U.T
+
+
+def test_relaxed_inverse_is_a_function_of_the_memory_not_of_the_svd_routine():
+    """spec/rllc.md (R3c): M_1 = g aᵀ is rank 1; numpy's and torch's float64 SVDs give it different round-off
+    singular values, which ε > 0 (the default 1e-8) would amplify by 1/ε. With the cut-off two float64
+    implementations agree to round-off; without it they differ by about 1e-7 relative."""
+    rng = np.random.default_rng(0)
+    M, g = np.outer(rng.standard_normal(6), [1.0, 1.0]), rng.standard_normal(6)
+    ours = relaxed_pinv(M, 1e-8) @ g
+    scale = series_scale(ours)
+    assert deviation(_torch_relaxed_pinv(M, 1e-8, cut=True) @ g, ours, scale)[0] <= tolerance("float64")
+    assert deviation(_torch_relaxed_pinv(M, 1e-8, cut=False) @ g, ours, scale)[0] > 1e-9

@@ -8,6 +8,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..conformance.tolerance import UNIT_ROUNDOFF
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -19,7 +21,8 @@ class Backend(Protocol):
     fields it reads) and ``init(theta0, **initial_state)``, ``F(state, obs)``, ``G(state, obs)`` on
     native arrays; its state exposes the spec's state fields as attributes. Bad input raises the
     classes of ``stepspec.errors``. An algorithm missing from ``algorithms`` is *absent*: its tests
-    skip and the report counts it as absent, not failed.
+    skip and the report counts it as absent, not failed. An optional ``device`` (default ``"cpu"``)
+    is shown in the report.
     """
 
     name: str
@@ -36,3 +39,9 @@ class Backend(Protocol):
 
 
 REQUIRED_ATTRIBUTES = ("name", "version", "dtype", "algorithms", "asarray", "to_numpy")
+DTYPES = tuple(UNIT_ROUNDOFF)
+"""The precisions the tolerance policy (spec/tolerances.md) has a unit roundoff for."""
+
+
+def device_of(backend) -> str:
+    return str(getattr(backend, "device", "cpu"))

@@ -123,8 +123,8 @@ def _rllc_described(draw):
         p.B,
         p.a,
         draw(strategies.vectors(k * k, scale=0.1)).reshape(k, k),
-        decay=draw(st.floats(0.0, 0.2)),
-        curvature=draw(st.floats(0.0, 0.2)),
+        decay=draw(strategies.floats(0.0, 0.2)),
+        curvature=draw(strategies.floats(0.0, 0.2)),
     )
     return {"rule": rule, "L0": draw(strategies.vectors(k, scale=0.3)), "H0": 0.0}
 
@@ -276,9 +276,42 @@ _METAOPTIMIZE_ERROR_INPUTS = (
 
 
 @st.composite
+def _hypergradient_described(draw):
+    return {"nesterov": draw(st.booleans(), label="nesterov")}
+
+
+_HYPERGRADIENT_ERROR_INPUTS = (  # on the first sample, Adam-HD
+    ErrorInput(
+        "momentum with adam", Phase.CONSTRUCT, HyperparameterError, "momentum", hyperparameters={"momentum": 0.9}
+    ),
+    ErrorInput(
+        "nesterov with adam",
+        Phase.CONSTRUCT,
+        HyperparameterError,
+        "nesterov",
+        hyperparameters={"momentum": 0.9, "nesterov": True},
+    ),
+    ErrorInput(
+        "nesterov without momentum",
+        Phase.CONSTRUCT,
+        HyperparameterError,
+        "nesterov",
+        hyperparameters={"base": "sgd", "nesterov": True},
+    ),
+    ErrorInput(
+        "nesterov not a bool",
+        Phase.CONSTRUCT,
+        HyperparameterError,
+        "nesterov",
+        hyperparameters={"base": "sgd", "momentum": 0.9, "nesterov": 1},
+    ),
+)
+
+
+@st.composite
 def _projection_described(draw):
     """No projection, or a ball about the origin (a centre needs n: the projection properties set it)."""
-    return {"radius": draw(st.none() | st.floats(0.5, 20.0), label="radius")}
+    return {"radius": draw(st.none() | strategies.floats(0.5, 20.0), label="radius")}
 
 
 _PROJECTION_ERROR_INPUTS = tuple(
@@ -334,7 +367,7 @@ def _elra_described(draw):
     if draw(st.booleans()):
         return {}
     return {
-        "crop": draw(st.none() | st.floats(1.0, 10.0), label="crop"),
+        "crop": draw(st.none() | strategies.floats(1.0, 10.0), label="crop"),
         "warmup_steps": draw(st.integers(0, 5), label="warmup_steps"),
         "retrace": draw(st.booleans(), label="retrace"),
         "initial_retrace": draw(st.booleans(), label="initial_retrace"),
@@ -543,8 +576,6 @@ CATALOG: dict[str, AlgorithmInfo] = {
                         "meta": "adam",
                         "alpha0": 1e-3,
                         "convention": "authors_code",
-                        "eps": 1e-10,
-                        "meta_eps": 1e-10,
                     },
                 ),
             ),
@@ -566,11 +597,26 @@ CATALOG: dict[str, AlgorithmInfo] = {
                 "hypergradient_lr": (0.0, 0.01),
                 "betas": ((0.0, 0.99), (0.5, 0.9999)),
                 "eps": (1e-10, 1e-4),
+                "momentum": (0.0, 0.99),
+                "weight_decay": (0.0, 0.1),
             },
             (
                 Sample("Adam-HD", {"base": "adam", "alpha0": 0.01, "hypergradient_lr": 1e-4}),
                 Sample("SGD-HD", {"base": "sgd", "alpha0": 0.05, "hypergradient_lr": 1e-3}),
+                Sample(
+                    "SGDN-HD, L2",
+                    {
+                        "base": "sgd",
+                        "alpha0": 0.01,
+                        "hypergradient_lr": 1e-3,
+                        "momentum": 0.9,
+                        "nesterov": True,
+                        "weight_decay": 1e-4,
+                    },
+                ),
             ),
+            described=_hypergradient_described,
+            extra_error_inputs=_HYPERGRADIENT_ERROR_INPUTS,
         ),
         _trainable_optimizer_row(
             "trainable_optimizer",

@@ -10,6 +10,7 @@ import numpy as np
 from .. import problems as P
 from ..errors import ObservationError
 from ..reference import propagators as props
+from .assertions import ConformanceFailure
 from .catalog import CATALOG
 from .harness import construct, run
 
@@ -102,7 +103,9 @@ def relative_suboptimality(
         with np.errstate(over="ignore", invalid="ignore"):
             thetas = run(backend, algo, optimizer, f, theta0, steps).thetas
             values = [f.loss(theta) - f.min_value for theta in thetas]
-    except ObservationError:
+    except ConformanceFailure as failure:  # the backend rejected the non-finite gradient of a diverged run
+        if not isinstance(failure.__cause__, ObservationError):
+            raise
         return gaps
     gaps[: len(values)] = np.nan_to_num(np.array(values) / (f.loss(theta0) - f.min_value), nan=np.inf)
     return gaps

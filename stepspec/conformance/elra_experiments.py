@@ -47,6 +47,29 @@ MEASURED = {  # stepspec's counts (reference, float64), pinned; None: not reache
 }
 CHAOTIC = {"Rosenbrock (−11, 121)"}
 """Cases whose count depends on the last bits of the arithmetic: pinned for the reference only."""
+SADDLE_OFFSET = _SADDLE_START[1]
+"""The saddle starts lie 1e-9 off the stable line; the escape takes about log(1/offset) steps."""
+
+
+def representable(case: str, dtype: str) -> bool:
+    """Whether x_0 of ``case`` keeps its meaning in ``dtype``: for the saddles, the offset from the stable
+    line must survive rounding to within 1 % (the rotated start puts 7e-10 on coordinates of size 0.7,
+    below float32's resolution there, 4e-8: rounded, it starts on the stable line or 50× further off)."""
+    problem, x0, _, _ = CASES[case]
+    if not case.startswith("saddle"):
+        return True
+    rounded = np.asarray(x0, dtype=dtype).astype(np.float64)
+    seen = ROTATION_45 @ rounded if case == "saddle rotated 45°" else rounded
+    return abs(seen[1] - SADDLE_OFFSET) <= 0.01 * SADDLE_OFFSET
+
+
+ERROR_DAMPER_START = np.array([-1.2, 11.9])
+"""A Rosenbrock start where the authors' update of E decides a retrace (spec/elra.md#error-damper): the loss
+rises at step ERROR_DAMPER_RISE, E = 5·10⁵/1.69² grows ×16 past 5·10⁵, and the retrace at the last of
+ERROR_DAMPER_RETRACES happens only because of it (E capped at 5·10⁵ would accept that step)."""
+ERROR_DAMPER_RISE = 4
+ERROR_DAMPER_RETRACES = (7, 10, 12)
+"""The steps that retrace among the first 12 from ERROR_DAMPER_START (convention='authors_code')."""
 
 
 def setting(case: str, convention: str):

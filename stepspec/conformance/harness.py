@@ -4,6 +4,8 @@ the boundary (spec/conformance.md#discipline)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,8 +15,60 @@ from .. import spec
 from .._core import Observation, observe
 from ..backends.reference import BACKEND as REFERENCE
 from ..errors import StepspecError
+from .assertions import CURRENT_TEST, ConformanceFailure, Context
 from .catalog import CATALOG
+from .strategies import PRECISION
 from .tolerance import deviation, series_scale
+
+_STEP = contextvars.ContextVar("stepspec_step", default=None)
+
+
+@contextlib.contextmanager
+def at_step(t: int):
+    """Calls into the backend inside the block belong to step t (for messages)."""
+    token = _STEP.set(t)
+    try:
+        yield
+    finally:
+        _STEP.reset(token)
+
+
+class Guarded:
+    """The backend's optimizer as properties see it: an exception it raises where the property gave it
+    valid input is a conformance failure, reported like any other (algorithm, property, call, step,
+    hyperparameters) instead of escaping bare. Everything else is the backend's own object."""
+
+    def __init__(self, optimizer, algo: str, hyperparameters: dict):
+        self._optimizer, self._algo, self._hyperparameters = optimizer, algo, hyperparameters
+
+    def __getattr__(self, name):
+        return getattr(self._optimizer, name)
+
+    def init(self, theta0, **initial_state):
+        return self._call("init", self._optimizer.init, theta0, **initial_state)
+
+    def F(self, state, obs):
+        return self._call("F", self._optimizer.F, state, obs)
+
+    def G(self, state, obs):
+        return self._call("G", self._optimizer.G, state, obs)
+
+    def _call(self, what, function, *args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ConformanceFailure:
+            raise
+        except Exception as exc:
+            raise unexpected(exc, self._algo, self._hyperparameters, what) from exc
+
+
+def unexpected(exc: Exception, algo: str, hyperparameters: dict, what: str) -> ConformanceFailure:
+    """An exception the backend raised on valid input, as a failure message of spec/conformance.md#messages."""
+    prop = (CURRENT_TEST.get() or (algo, "?"))[1]
+    t = _STEP.get()
+    ctx = Context(algo, prop, hyperparameters)
+    where = f"{what} at t={t}" if t is not None else what
+    return ConformanceFailure(f"{ctx.prefix()} the backend raised {type(exc).__name__}: {exc} in {where}{ctx.suffix()}")
 
 
 def state_field_names(algo: str) -> tuple[str, ...]:
@@ -77,13 +131,15 @@ class Run:
 def _drive(backend, algo: str, optimizer, observe_at, theta0: np.ndarray, steps: int, initial_state) -> Run:
     """θ_0 … θ_T on the backend, with obs_t = observe_at(t, θ_{t-1} on the host)."""
     theta = backend.asarray(theta0)
-    s = optimizer.init(theta, **state_to_native(backend, initial_state or {}))
+    with at_step(0):
+        s = optimizer.init(theta, **state_to_native(backend, initial_state or {}))
     out = Run([np.array(theta0, dtype=np.float64)], [state_to_host(backend, algo, s)])
     for t in range(1, steps + 1):
         host_obs = observe_at(t, out.thetas[-1])
         obs = native_observation(backend, host_obs)
-        s = optimizer.F(s, obs)
-        delta = optimizer.G(s, obs)
+        with at_step(t):
+            s = optimizer.F(s, obs)
+            delta = optimizer.G(s, obs)
         theta = theta + delta
         out.observations.append(host_obs)
         out.deltas.append(to_host_vector(backend, delta))
@@ -113,9 +169,19 @@ def open_loop(backend, algo: str, optimizer, gradients, theta0: np.ndarray, init
     return _drive(backend, algo, optimizer, observe_at, theta0, len(gradients), initial_state)
 
 
-def construct(backend, info, hyperparameters: dict):
-    """The backend's optimizer for catalogue row ``info`` with host ``hyperparameters``."""
-    return backend.algorithms[info.algo](**info.materialize(hyperparameters, backend))
+def construct(backend, info, hyperparameters: dict, *, guarded: bool = True):
+    """The backend's optimizer for catalogue row ``info`` with host ``hyperparameters``. Guarded (the
+    default): an exception from the constructor, init, F or G is reported as a conformance failure;
+    unguarded for code that expects the backend to raise (error inputs, the reference as the source
+    of expected values, whose rejections mark a diverging example)."""
+    constructor = backend.algorithms[info.algo]
+    if not guarded:
+        return constructor(**info.materialize(hyperparameters, backend))
+    try:
+        optimizer = constructor(**info.materialize(hyperparameters, backend))
+    except Exception as exc:
+        raise unexpected(exc, info.algo, hyperparameters, "the constructor") from exc
+    return Guarded(optimizer, info.algo, hyperparameters)
 
 
 def finite_run(run_: Run, bound: float = 1e30) -> bool:
@@ -134,7 +200,7 @@ def replay(backend, algo: str, optimizer, observations, theta0: np.ndarray, init
 def reference_run(algo: str, hyperparameters: dict, problem, theta0, steps: int, initial_state=None) -> Run:
     """The reference's run for a property, or a hypothesis rejection when it diverges: overflow, a
     non-finite gradient or memory rejected by the reference, or |θ| beyond 1e30 (spec/tolerances.md)."""
-    optimizer = construct(REFERENCE, CATALOG[algo], hyperparameters)
+    optimizer = construct(REFERENCE, CATALOG[algo], hyperparameters, guarded=False)
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             result = run(REFERENCE, algo, optimizer, problem, theta0, steps, initial_state)
@@ -145,8 +211,11 @@ def reference_run(algo: str, hyperparameters: dict, problem, theta0, steps: int,
     return result
 
 
-PERTURBATION = 1e-9
-"""Relative size of the perturbations with which ``perturbation_growth`` probes a run."""
+PERTURBATION = {"float64": 1e-9, "float32": 1e-6}
+"""Relative size of the perturbations with which the suite probes the reference, by the precision of the
+backend under test: far above float64's own round-off, so that the measurement is not noise, and for
+float32 about 16 u, the size of the round-off the comparison must absorb (a decision within that margin
+of flipping is then found sensitive, as it is)."""
 
 
 class _Perturbed:
@@ -174,17 +243,31 @@ class _ShiftedStep:
     def hvp(self, theta, v):
         return self.f.hvp(theta + self.delta, v)
 
+    def third(self, theta, u, v):
+        return self.f.third(theta + self.delta, u, v)
 
-def perturbation_growth(reference: Run) -> float:
+
+def numeric_fields(state: dict) -> list[str]:
+    """The state fields compared numerically: arrays, float scalars (ELRA's α) and int scalars (counters
+    and decisions, which must match exactly)."""
+    return [
+        name
+        for name, value in state.items()
+        if isinstance(value, (np.ndarray, float, int, np.floating, np.integer)) and not isinstance(value, bool)
+    ]
+
+
+def perturbation_growth(reference: Run, dtype: str | None = None) -> float:
     """G of spec/tolerances.md: how much the dynamics of a reference run amplify errors. The run is
-    repeated with every observation taken at θ_t + δ_t, |δ_t,i| = 1e-9 · max_t ‖θ_t‖_∞ (an error
-    injected at every step, as round-off is), and G is the largest relative deviation of θ or of an
-    array state field, divided by the relative size of δ (at least 1). A run that diverges when
+    repeated with every observation taken at θ_t + δ_t, |δ_t,i| = δ · max_t ‖θ_t‖_∞ with δ =
+    ``PERTURBATION[dtype]`` (dtype: the backend's, by default; an error injected at every step, as
+    round-off is), and G is the largest
+    relative deviation of θ or of a numeric state field, divided by δ (at least 1). A run that diverges when
     perturbed is rejected, not compared."""
     algo, hyperparameters, problem, initial_state = reference.source
-    scale = series_scale(reference.thetas)
-    optimizer = construct(REFERENCE, CATALOG[algo], hyperparameters)
-    perturbed_problem = _Perturbed(problem, PERTURBATION * scale)
+    size = PERTURBATION[dtype or PRECISION.get()]
+    optimizer = construct(REFERENCE, CATALOG[algo], hyperparameters, guarded=False)
+    perturbed_problem = _Perturbed(problem, size * series_scale(reference.thetas))
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             perturbed = run(
@@ -201,10 +284,83 @@ def perturbation_growth(reference: Run) -> float:
     assume(finite_run(perturbed))
     series = [(perturbed.thetas, reference.thetas)] + [
         ([s[name] for s in perturbed.states], [s[name] for s in reference.states])
-        for name, value in reference.states[0].items()
-        if isinstance(value, np.ndarray)
+        for name in numeric_fields(reference.states[0])
     ]
     growth = max(
         max(deviation(a, e, series_scale(expected))[0] for a, e in zip(actual, expected)) for actual, expected in series
     )
-    return max(growth / PERTURBATION, 1.0)
+    return max(growth / size, 1.0)
+
+
+def update_scale(deltas, thetas) -> float:
+    """The scale updates G_t are compared on: max(‖G‖, ‖θ‖) over the run. An update is added to θ, so it
+    is only defined to within the round-off of θ (x − αĝ − x, the form a projected step takes, is exact
+    only to u‖x‖) (spec/tolerances.md)."""
+    return max(series_scale(list(deltas)), series_scale(list(thetas)))
+
+
+def _perturb(value, size: float, rng: np.random.Generator):
+    """Every float entry times 1 + size·U(−1, 1), as rounding perturbs it: a continuous factor, because a
+    sign pattern can cancel exactly where entries nearly cancel (two gradients ‖g‖² ≈ ⟨g, g'⟩, n = 2)."""
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return value * (1.0 + size * rng.uniform(-1.0, 1.0, size=value.shape))
+    if isinstance(value, (float, np.floating)):
+        return float(value) * (1.0 + size * rng.uniform(-1.0, 1.0))
+    return value
+
+
+SENSITIVITY_SAMPLES = 8
+"""Random perturbations per step: a cancellation shows only in some directions (‖g'‖² − ⟨g, g'⟩ for two
+nearly equal gradients), and a tie flips only under some (f = f̄ in ELRA's retrace test)."""
+
+
+def _perturbed_step(optimizer, algo: str, reference: Run, t: int, size: float, rng) -> tuple[dict, np.ndarray]:
+    """S_t and G_t of the reference from its step-t inputs, each float entry scaled by 1 ± size."""
+    obs = reference.observations[t - 1]
+
+    def perturbed_product(function):
+        return None if function is None else (lambda *v: _perturb(np.asarray(function(*v)), size, rng))
+
+    perturbed_obs = Observation(
+        grad=_perturb(np.asarray(obs.grad, dtype=np.float64), size, rng),
+        params=None if obs.params is None else _perturb(np.asarray(obs.params, dtype=np.float64), size, rng),
+        loss=_perturb(obs.loss, size, rng),  # a backend may compute it in its own precision
+        hvp=perturbed_product(obs.hvp),
+        third=perturbed_product(obs.third),
+    )
+    previous = {name: _perturb(value, size, rng) for name, value in reference.states[t - 1].items()}
+    with np.errstate(all="ignore"):
+        s = optimizer.init(_perturb(reference.thetas[t - 1], size, rng), **previous)
+        s = optimizer.F(s, perturbed_obs)
+        delta = np.asarray(optimizer.G(s, perturbed_obs), dtype=np.float64)
+    return state_to_host(REFERENCE, algo, s), delta
+
+
+def step_sensitivities(reference: Run, dtype: str | None = None) -> list[float]:
+    """κ_t of spec/tolerances.md for t = 1 … T: the reference's F and G of step t repeated from inputs
+    perturbed entrywise by a relative δ·U(−1, 1), δ = ``PERTURBATION[dtype]`` (dtype: the backend's, by
+    default) — every float field of S_{t−1}, θ_{t−1}, g_t, the parameters, the loss and the curvature
+    products, as storing them in the backend's precision perturbs them — ``SENSITIVITY_SAMPLES`` times,
+    seeded by t. κ_t is the largest deviation of S_t's numeric fields (a decision that flips counts) and of
+    G_t, on the scales the comparison uses, divided by δ (at least 1). A step whose perturbed inputs are
+    rejected, or whose result is not finite, is infinitely sensitive: it cannot be compared to round-off."""
+    algo, hyperparameters, _, _ = reference.source
+    size = PERTURBATION[dtype or PRECISION.get()]
+    optimizer = construct(REFERENCE, CATALOG[algo], hyperparameters, guarded=False)
+    fields = numeric_fields(reference.states[0])
+    scales = {name: series_scale([s[name] for s in reference.states[1:]]) for name in fields}
+    g_scale = update_scale(reference.deltas, reference.thetas)
+    sensitivities = []
+    for t in range(1, len(reference.thetas)):
+        worst = 0.0
+        for sample in range(SENSITIVITY_SAMPLES):
+            try:
+                host, delta = _perturbed_step(optimizer, algo, reference, t, size, np.random.default_rng((t, sample)))
+            except StepspecError:
+                worst = np.inf
+                break
+            worst = max(worst, deviation(delta, reference.deltas[t - 1], g_scale)[0])
+            for name in fields:
+                worst = max(worst, deviation(host[name], reference.states[t][name], scales[name])[0])
+        sensitivities.append(max(worst / size, 1.0) if np.isfinite(worst) else np.inf)
+    return sensitivities

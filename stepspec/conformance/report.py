@@ -1,26 +1,77 @@
-"""The conformance report: algorithm × property, with status, examples tried and the largest
-deviation seen (spec/conformance.md#report). Written as text and as JSON by the suite itself."""
+"""The conformance report (spec/conformance.md#report): one row per backend × algorithm × property, with
+status, examples run, the largest deviation seen, wall time and, for failures, the message and the
+command that replays the failing example. Written as text and as JSON by the suite itself; the rows
+arrive as plain dicts (``RowResult.as_dict``), so results from pytest-xdist workers aggregate the same way.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
 
 from .. import __version__
 
 STATUS_ORDER = ("failed", "passed", "xfailed", "absent", "skipped")
+TESTED = ("failed", "passed", "xfailed")
+SELF_CHECK = "stepspec"
+"""The backend column of the suite's own checks (tests that take no backend: stepspec's propagator
+builders and notation), reported apart from every backend's rows."""
+
+
+@dataclass(frozen=True)
+class RowId:
+    """A row: backend × algorithm × property. ``backend`` is the ``--backend`` argument (what a re-run
+    command needs), ``name`` and ``version`` the backend's own."""
+
+    backend: str
+    name: str
+    version: str
+    dtype: str
+    device: str
+    algo: str
+    prop: str
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """The outcome of one test (one pytest item) for its row."""
+
+    row: RowId
+    nodeid: str
+    outcome: str
+    examples: int = 0
+    max_deviation: float = 0.0
+    max_ratio: float = 0.0
+    wall_time: float = 0.0
+    message: str = ""
+    rerun: str = ""
+
+    def as_dict(self) -> dict:
+        """Plain Python values, which pytest-xdist can send from a worker (a NumPy float cannot be)."""
+        return {k: (float(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RowResult:
+        return cls(**{**values, "row": RowId(**values["row"])})
 
 
 @dataclass
 class Row:
-    algo: str
-    prop: str
+    id: RowId
     outcomes: list = field(default_factory=list)
     examples: int = 0
     max_deviation: float = 0.0
     max_ratio: float = 0.0
+    wall_time: float = 0.0
     tests: list = field(default_factory=list)
     messages: list = field(default_factory=list)
+    reruns: list = field(default_factory=list)
+
+    def __getattr__(self, name):  # r.backend, r.algo, … read the row's identity
+        if name == "id":
+            raise AttributeError(name)
+        return getattr(self.id, name)
 
     @property
     def status(self) -> str:
@@ -30,77 +81,150 @@ class Row:
         return "skipped"
 
 
+def _finite(x: float):
+    """JSON has no Infinity or NaN: a non-finite figure (a convergence run that never arrived) is null."""
+    return x if math.isfinite(x) else None
+
+
+def compact(x: float) -> str:
+    """A figure for the table: three significant digits, exponent form when large or small."""
+    if x == 0:
+        return "0"
+    if not math.isfinite(x):
+        return "inf" if x > 0 else str(x)
+    return f"{x:.3g}"
+
+
 class Report:
     def __init__(self, header: dict):
         self.header = header
-        self.rows: dict[tuple[str, str], Row] = {}
+        self.rows: dict[tuple[str, str, str], Row] = {}
 
-    def add(self, algo: str, prop: str, nodeid: str, outcome: str, record, message: str = "") -> None:
-        row = self.rows.setdefault((algo, prop), Row(algo, prop))
-        row.outcomes.append(outcome)
-        row.tests.append(nodeid)
-        if record is not None:
-            row.examples += record.examples
-            row.max_deviation = max(row.max_deviation, record.max_deviation)
-            row.max_ratio = max(row.max_ratio, record.max_ratio)
-        if message:
-            row.messages.append(message)
+    def add(self, result: dict) -> None:
+        r = RowResult.from_dict(result)
+        row = self.rows.setdefault((r.row.backend, r.row.algo, r.row.prop), Row(r.row))
+        row.outcomes.append(r.outcome)
+        row.tests.append(r.nodeid)
+        row.examples += r.examples
+        row.max_deviation = max(row.max_deviation, r.max_deviation)
+        row.max_ratio = max(row.max_ratio, r.max_ratio)
+        row.wall_time += r.wall_time
+        if r.message:
+            row.messages.append(r.message)
+        if r.rerun:
+            row.reruns.append(r.rerun)
 
-    def sorted_rows(self, algorithm_order) -> list[Row]:
+    # ---------------------------------------------------------------- queries
+
+    def backends(self) -> list[str]:
+        return list(dict.fromkeys(r.backend for r in self.rows.values() if r.backend != SELF_CHECK))
+
+    def sorted_rows(self, algorithm_order, backend: str | None = None) -> list[Row]:
         rank = {a: i for i, a in enumerate(algorithm_order)}
-        return sorted(self.rows.values(), key=lambda r: (rank.get(r.algo, len(rank)), r.algo, r.prop))
+        rows = [r for r in self.rows.values() if backend is None or r.backend == backend]
+        return sorted(rows, key=lambda r: (r.backend, rank.get(r.algo, len(rank)), r.algo, r.prop))
 
-    def counts(self) -> dict:
+    def counts(self, backend: str | None = None) -> dict:
         counts = {s: 0 for s in STATUS_ORDER}
         for row in self.rows.values():
-            counts[row.status] += 1
+            if backend is None or row.backend == backend:
+                counts[row.status] += 1
         return counts
 
-    def as_text(self, algorithm_order) -> str:
-        rows = self.sorted_rows(algorithm_order)
-        head = ("algorithm", "property", "status", "examples", "max deviation", "dev/tol")
+    def untested_backends(self) -> list[str]:
+        """Backends none of whose selected rows ran: every algorithm absent, or nothing selected."""
+        return [b for b in self.backends() if not any(self.counts(b)[s] for s in TESTED)]
+
+    # ---------------------------------------------------------------- text
+
+    def _table(self, rows: list[Row]) -> list[str]:
+        head = ("algorithm", "property", "status", "examples", "max deviation", "dev/tol", "time")
         body = [
             (
                 r.algo,
                 r.prop,
                 r.status.upper() if r.status == "failed" else r.status,
                 str(r.examples),
-                f"{r.max_deviation:.2e}" if r.max_ratio or r.max_deviation else "0",
-                f"{r.max_ratio:.3f}" if r.max_ratio else "-",
+                compact(r.max_deviation),
+                compact(r.max_ratio) if r.max_ratio else "-",
+                f"{r.wall_time:.1f}s",
             )
             for r in rows
         ]
         widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body]]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        counts = self.counts()
-        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        header = ", ".join(f"{k}={v}" for k, v in self.header.items())
-        failures = [f"  {r.algo} {r.prop}: {m}" for r in rows if r.status == "failed" for m in r.messages[:1]]
-        return "\n".join(
-            [f"stepspec conformance ({header})", *lines, f"{len(rows)} algorithm × property rows: {summary}"]
-            + (["failures:", *failures] if failures else [])
-        )
+        return lines
+
+    def _backend_text(self, backend: str, algorithm_order) -> list[str]:
+        rows = self.sorted_rows(algorithm_order, backend)
+        shown = [r for r in rows if r.status != "absent"]
+        absent = [r for r in rows if r.status == "absent"]
+        first = rows[0]
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts(backend).items() if n)
+        lines = [
+            f"backend {first.name} {first.version} ({backend}; {first.dtype}, {first.device}): "
+            f"{len(rows)} rows: {counts}"
+        ]
+        if shown:
+            lines += self._table(shown)
+        if absent:
+            algos = list(dict.fromkeys(r.algo for r in absent))
+            lines.append(
+                f"absent, not provided by {first.name}: {', '.join(algos)} "
+                f"({len(algos)} algorithms, {len(absent)} rows; listed in the JSON report)"
+            )
+        failures = [r for r in shown if r.status == "failed"]
+        if failures:
+            lines.append("failures:")
+            for r in failures:
+                lines.append(f"  {r.algo} {r.prop}: {r.messages[0] if r.messages else '(no message)'}")
+                lines += [f"    re-run: {command}" for command in r.reruns[:1]]
+        return lines
+
+    def as_text(self, algorithm_order) -> str:
+        header = ", ".join(f"{k}={v}" for k, v in self.header.items() if k != "backends")
+        lines = [f"stepspec conformance ({header})"]
+        for backend in self.backends():
+            lines += ["", *self._backend_text(backend, algorithm_order)]
+        own = self.sorted_rows(algorithm_order, SELF_CHECK)
+        if own:
+            counts = ", ".join(f"{n} {s}" for s, n in self.counts(SELF_CHECK).items() if n)
+            lines += ["", f"stepspec's own checks (its propagator builders; no backend involved): {counts}"]
+            lines += [f"  {r.algo} {r.prop}: {r.messages[0]}" for r in own if r.status == "failed" and r.messages]
+        return "\n".join(lines)
+
+    # ---------------------------------------------------------------- JSON
 
     def as_json(self, algorithm_order) -> str:
+        def row(r: Row) -> dict:
+            return {
+                "backend": r.name,
+                "backend_version": r.version,
+                "backend_argument": r.backend,
+                "dtype": r.dtype,
+                "device": r.device,
+                "algorithm": r.algo,
+                "property": r.prop,
+                "status": r.status,
+                "examples": r.examples,
+                "max_deviation": _finite(r.max_deviation),
+                "max_deviation_over_tolerance": _finite(r.max_ratio),
+                "wall_time_s": round(r.wall_time, 4),
+                "seed": self.header.get("seed"),
+                "tests": r.tests,
+                "messages": r.messages,
+                "rerun": r.reruns,
+            }
+
+        backend_rows = [r for r in self.sorted_rows(algorithm_order) if r.backend != SELF_CHECK]
         return json.dumps(
             {
                 "stepspec": __version__,
                 **self.header,
-                "summary": self.counts(),
-                "rows": [
-                    {
-                        "algorithm": r.algo,
-                        "property": r.prop,
-                        "status": r.status,
-                        "examples": r.examples,
-                        "max_deviation": r.max_deviation,
-                        "max_deviation_over_tolerance": r.max_ratio,
-                        "tests": r.tests,
-                        "messages": r.messages,
-                    }
-                    for r in self.sorted_rows(algorithm_order)
-                ],
+                "summary": {b: self.counts(b) for b in self.backends()},
+                "rows": [row(r) for r in backend_rows],
+                "self_checks": [row(r) for r in self.sorted_rows(algorithm_order, SELF_CHECK)],
             },
             indent=2,
         )

@@ -8,6 +8,7 @@ learning rates in catalog.py stable for every problem.
 
 from __future__ import annotations
 
+import contextvars
 import math
 
 import numpy as np
@@ -19,6 +20,18 @@ from .. import spec
 from ..backends.reference import BACKEND as REFERENCE
 from ..errors import HyperparameterError
 from ..reference import propagators as props
+
+PRECISION = contextvars.ContextVar("stepspec_precision", default="float64")
+"""The dtype of the backend under test (the plugin sets it for each test): hyperparameters are drawn so
+that the backend can represent them and the products they scale stay normal numbers."""
+
+
+def smallest_magnitude(dtype: str) -> float:
+    """√(smallest normal number) of ``dtype``: a non-zero hyperparameter is at least this large, so that a
+    product of two such values with O(1) quantities is still a normal number (1.5e-154 in float64,
+    1.1e-19 in float32). Below it the arithmetic underflows and is not the formulas' (spec/tolerances.md)."""
+    return math.sqrt(float(np.finfo(np.dtype(dtype)).tiny))
+
 
 MAX_DIMENSION = 6
 MAX_STEPS = 25  # crosses M_0 = 0 (RLLC's first law step is a no-op) and Adam's bias-correction transient
@@ -80,16 +93,38 @@ def problems(draw, n: int | None = None, kinds=("quadratic", "least_squares", "l
 # --------------------------------------------------------------------------- hyperparameters
 
 
-def _interval_values(domain: spec.Interval, box: tuple[float, float]):
-    low, high = max(domain.low, box[0]), min(domain.high, box[1])
+def floats(low: float, high: float, *, exclude_min: bool = False, exclude_max: bool = False, zero: bool = True):
+    """Finite floats in [low, high] for a hyperparameter or a rate, as ``st.floats`` draws them, except that a
+    non-zero magnitude below ``smallest_magnitude`` of the backend's precision becomes 0 (where ``zero``
+    and the range allow it) or that smallest magnitude. Every drawn rate of the suite comes from here."""
+    zero_allowed = zero and low <= 0.0 <= high and not (low == 0.0 and exclude_min)
+
+    def normal(x: float) -> float:
+        floor = smallest_magnitude(PRECISION.get())  # at draw time: a @given strategy is built at import
+        if x == 0.0 or abs(x) >= floor:
+            return x
+        return 0.0 if zero_allowed else math.copysign(floor, x)
+
     return st.floats(
+        low,
+        high,
+        exclude_min=exclude_min,
+        exclude_max=exclude_max,
+        allow_nan=False,
+        allow_infinity=False,
+        allow_subnormal=False,  # a valid but degenerate corner whose arithmetic is not the formulas'
+    ).map(normal)
+
+
+def _interval_values(domain: spec.Interval, box: tuple[float, float]):
+    """A value of ``domain`` ∩ ``box``."""
+    low, high = max(domain.low, box[0]), min(domain.high, box[1])
+    return floats(
         low,
         high,
         exclude_min=(low == domain.low and not domain.low_closed),
         exclude_max=(high == domain.high and not domain.high_closed),
-        allow_nan=False,
-        allow_infinity=False,
-        allow_subnormal=False,  # a valid but degenerate corner whose arithmetic is not the formulas'
+        zero=domain.contains(0.0),
     )
 
 

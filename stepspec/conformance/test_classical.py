@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from .assertions import Context, assert_close, assert_holds, assert_series_close
 from .catalog import CATALOG
 from .harness import construct, open_loop, perturbation_growth, reference_run, run
-from .strategies import gradient_sequences, horizons, hyperparameters, problems, vectors
+from .strategies import floats, gradient_sequences, horizons, hyperparameters, problems, vectors
 from .tolerance import tolerance
 
 
@@ -25,7 +25,7 @@ def _closed_loop(draw):
 
 
 @pytest.mark.parametrize("algo", ["momentum", "nag"])
-@given(lr=st.floats(1e-3, 1.0), case=_closed_loop())
+@given(lr=floats(1e-3, 1.0), case=_closed_loop())
 def test_zero_beta_is_sgd(backend, record, algo, lr, case):
     """momentum and nag with β = 0 are SGD: (C3)–(C5) collapse to (C2)."""
     problem, theta0, steps = case

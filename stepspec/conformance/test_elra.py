@@ -10,10 +10,23 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from .. import problems as P
+from .. import spec
 from .._core import Observation
 from .assertions import Context, assert_close, assert_holds, assert_series_close
 from .catalog import CATALOG, ELRA_EVERY_FEATURE
-from .elra_experiments import CAP, CASES, CHAOTIC, MEASURED, first_below, losses_until, setting
+from .elra_experiments import (
+    CAP,
+    CASES,
+    CHAOTIC,
+    ERROR_DAMPER_RETRACES,
+    ERROR_DAMPER_RISE,
+    ERROR_DAMPER_START,
+    MEASURED,
+    first_below,
+    losses_until,
+    representable,
+    setting,
+)
 from .harness import (
     construct,
     native_observation,
@@ -24,7 +37,7 @@ from .harness import (
     state_to_native,
     to_host_vector,
 )
-from .strategies import dimensions, horizons, orthogonal_matrices, problems, seeds, vectors
+from .strategies import dimensions, floats, horizons, orthogonal_matrices, problems, seeds, vectors
 from .tolerance import tolerance
 
 FORMS = ["elra", "elra_lean"]
@@ -91,10 +104,10 @@ def retrace_margin(plain, hp: dict) -> float:
 @st.composite
 def _elra_hyperparameters(draw, every_feature: bool = False):
     hp = {
-        "lr": draw(st.floats(1e-3, 0.3), label="lr"),
+        "lr": draw(floats(1e-3, 0.3), label="lr"),
         "correction": draw(st.sampled_from(["paper", "none"]), label="correction"),
         "max_ratio": draw(st.sampled_from([10.0, 1e6]), label="max_ratio"),
-        "retrace_sigmas": draw(st.floats(1.0, 5.0), label="retrace_sigmas"),
+        "retrace_sigmas": draw(floats(1.0, 5.0), label="retrace_sigmas"),
     }
     return {**hp, **ELRA_EVERY_FEATURE} if every_feature else hp
 
@@ -161,12 +174,12 @@ def test_rotation_invariance_fails_for_adam(backend, record):
 def test_parabola_exactness(backend, record, algo, data, n):
     """κ = 1, limits inactive, on a quadratic started so that x_0 − x* is an eigenvector of A (a parabola
     along every step; n = 1 is the 1-D parabola): the step after the first α update lands on x*."""
-    problem = P.random_quadratic(n, condition=data.draw(st.floats(1.0, 100.0)), seed=data.draw(seeds()))
+    problem = P.random_quadratic(n, condition=data.draw(floats(1.0, 100.0)), seed=data.draw(seeds()))
     eigenvalues, eigenvectors = np.linalg.eigh(problem.A)
     i = data.draw(st.integers(0, n - 1), label="eigenvector")
-    distance = data.draw(st.floats(0.1, 10.0), label="distance")
+    distance = data.draw(floats(0.1, 10.0), label="distance")
     theta0 = problem.minimizer + distance * eigenvectors[:, i]
-    lr = data.draw(st.floats(1e-3, 1.9), label="lr") / eigenvalues[i]
+    lr = data.draw(floats(1e-3, 1.9), label="lr") / eigenvalues[i]
     assume(abs(1 - lr * eigenvalues[i]) > 1e-3)  # the first step must not land already
     hp = {**PLAIN_GEOMETRY, "lr": lr}
     ctx = Context(algo, "parabola_exactness", hp)
@@ -174,10 +187,13 @@ def test_parabola_exactness(backend, record, algo, data, n):
     # G_1 = (1 − α_0λ)G_0 cancels by 1/|1 − α_0λ|, and G = Ax − b near x* by λ_max/λ_i
     conditioning = _update_cancellation(algo, problem, mine.thetas[0], mine.thetas[1], lr)
     conditioning = (conditioning + 1 / abs(1 - lr * eigenvalues[i])) * eigenvalues[-1] / eigenvalues[i]
+    tol = tolerance(backend.dtype, 2, conditioning)
+    # Cancelled down to round-off, D's sign is not determined: the cap case may apply. Not resolvable here.
+    assume(tol < 1.0)
     assert_close(
         mine.thetas[2],
         problem.minimizer,
-        tol=tolerance(backend.dtype, 2, conditioning),
+        tol=tol,
         what="theta_2 − x*",
         ctx=ctx,
         record=record,
@@ -193,8 +209,8 @@ def test_barzilai_borwein_step(backend, record, algo, data, n, steps):
     gradient at the backend's own x_{t−1}. Each step is judged on its own, with κ = the cancellation in
     ‖G_{t−1}‖² − ⟨G_t, G_{t−1}⟩ = α_{t−1} G_{t−1}ᵀAG_{t−1} and in G = Ax − b itself; steps where the
     gradient is at round-off level (κ > 1e8) carry no information and are skipped."""
-    problem = P.random_quadratic(n, condition=data.draw(st.floats(1.0, 30.0)), seed=data.draw(seeds()))
-    hp = {**PLAIN_GEOMETRY, "lr": data.draw(st.floats(1e-3, 1.0), label="lr") / problem.smoothness}
+    problem = P.random_quadratic(n, condition=data.draw(floats(1.0, 30.0)), seed=data.draw(seeds()))
+    hp = {**PLAIN_GEOMETRY, "lr": data.draw(floats(1e-3, 1.0), label="lr") / problem.smoothness}
     ctx = Context(algo, "barzilai_borwein_step", hp)
     theta0 = data.draw(vectors(n), label="theta0")
     reference_run("elra", hp, problem, theta0, steps)  # rejects a diverging example
@@ -245,7 +261,7 @@ def _previous_step(draw, n: int):
     """A state after one accepted step: x_prev, G_{t−1}, α_{t−1}, with x_t = x_prev − α_{t−1} G_{t−1}."""
     g_prev = draw(vectors(n), label="g_prev")
     assume(float(g_prev @ g_prev) > 1e-6)
-    alpha = draw(st.floats(1e-3, 10.0), label="alpha")
+    alpha = draw(floats(1e-3, 10.0), label="alpha")
     x_prev = draw(vectors(n), label="x_prev")
     fields = {"step": 1, "alpha": alpha, "x_prev": x_prev, "f_prev": 1.0}
     return fields, g_prev, x_prev - alpha * g_prev
@@ -319,7 +335,7 @@ def test_retrace(backend, record, algo, data, n):
     hp = {"correction": "none", "lr_min": 1e-12}
     ctx = Context(algo, "retrace", hp)
     fields, g_prev, theta = data.draw(_previous_step(n))
-    rise = data.draw(st.floats(-0.9, -1e-3) | st.floats(0.0, 100.0), label="f_t − f_{t−1}")
+    rise = data.draw(floats(-0.9, -1e-3) | floats(0.0, 100.0), label="f_t − f_{t−1}")
     # a completed period whose f̄ + 5σ lies below f_t, so that the trigger fires whatever the sign of the rise
     fields = {**fields, "periods": 1, "last_mean": fields["f_prev"] + rise - 1.0, "last_std": 0.0}
     g = data.draw(vectors(n), label="g (discarded)")
@@ -433,7 +449,7 @@ def test_batch_controller(backend, record, algo, data):
     counted in minimal batches (a step at multiple m consumes m of them) and cascades."""
     period = data.draw(st.integers(1, 4), label="period")
     m0 = data.draw(st.integers(1, 3), label="m0")
-    losses = data.draw(st.lists(st.floats(0.5, 2.0), min_size=1, max_size=40), label="losses")
+    losses = data.draw(st.lists(floats(0.5, 2.0), min_size=1, max_size=40), label="losses")
     hp = {"retrace": False, "batch_control": True, "period": period, "initial_multiple": m0}
     ctx = Context(algo, "batch_controller", hp)
     states = _scripted_run(backend, algo, hp, losses)
@@ -525,7 +541,7 @@ def test_never_nan(backend, record, algo, data, n, steps):
     ctx = Context(algo, "never_nan", hp)
     pool = [np.zeros(n), np.ones(n), -np.ones(n), data.draw(vectors(n), label="g")]
     gradients = [pool[i] for i in data.draw(st.lists(st.integers(0, 3), min_size=steps, max_size=steps))]
-    losses = data.draw(st.lists(st.floats(-10.0, 10.0), min_size=steps, max_size=steps), label="losses")
+    losses = data.draw(st.lists(floats(-10.0, 10.0), min_size=steps, max_size=steps), label="losses")
     optimizer = construct(backend, CATALOG[algo], hp)
     theta = np.zeros(n)
     s = optimizer.init(backend.asarray(theta))
@@ -569,6 +585,10 @@ def test_two_dimensional_experiments(backend, record, convention, experiment):
     for the reference only."""
     if experiment in CHAOTIC and backend.name != "reference":
         pytest.skip(f"{experiment}: the count depends on the last bits of the arithmetic")
+    if not representable(experiment, backend.dtype):
+        pytest.skip(
+            f"{experiment}: the start's 1e-9 offset from the stable line is not representable in {backend.dtype}"
+        )
     hp = {"convention": convention}
     ctx = Context("elra", "two_dimensional_experiments", hp)
     seen, x0, eps, measure = setting(experiment, convention)
@@ -594,3 +614,28 @@ def test_adam_saddle_depends_on_rotation(backend, record):
             first_below(losses_until(_backend_steps(backend, optimizer, problem, x0, CAP), problem, eps)[0], eps)
         )
     assert_holds(counts[0] != counts[1], f"Adam takes {counts[0]} steps on both saddles: it would look invariant", ctx)
+
+
+@pytest.mark.algo("elra")
+def test_authors_code_error_damper(backend, record):
+    """convention='authors_code' tests E < 5·10⁵ before multiplying E by 16 (spec/elra.md#error-damper). On
+    Rosenbrock from (−1.2, 11.9) the loss rises only at step 4: E is E_0 up to step 1, shrinks ×1/1.69 per
+    step from step 2 on and grows ×16 at step 4, past 5·10⁵; the run retraces at steps 7, 10 and 12, the
+    last only because E went past 5·10⁵ (the margins to both thresholds are ≥ 10 %, robust in float32)."""
+    hp = {"convention": "authors_code"}
+    ctx = Context("elra", "authors_code_error_damper", hp)
+    steps = ERROR_DAMPER_RETRACES[-1]
+    mine = run(backend, "elra", construct(backend, CATALOG["elra"], hp), P.Rosenbrock(), ERROR_DAMPER_START, steps)
+    retraces = tuple(t for t, s in enumerate(mine.states) if t and s["retraced"])
+    assert_holds(
+        retraces == ERROR_DAMPER_RETRACES,
+        f"the first {steps} steps retrace at {retraces}, the January-2024 code at {ERROR_DAMPER_RETRACES}",
+        ctx,
+    )
+    initial = next(float(f.initial) for f in spec.section("elra").state_fields if f.name == "error_damper")  # E_0
+    risen = [t >= ERROR_DAMPER_RISE for t in range(1, steps + 1)]
+    expected = [initial] + [initial * 16.0**up / 1.69 ** (t - 1 - up) for t, up in enumerate(risen, start=1)]
+    dampers = [s["error_damper"] for s in mine.states]
+    assert_series_close(
+        dampers, expected, tol=tolerance(backend.dtype, steps), what="error_damper", ctx=ctx, record=record
+    )

@@ -25,7 +25,7 @@ PROBLEM = random_quadratic(N, condition=4.0, seed=0)
 def _cases():
     for algo, info in CATALOG.items():
         sample = info.samples[0].hyperparameters
-        needs = construct(REFERENCE, info, sample).needs
+        needs = construct(REFERENCE, info, sample, guarded=False).needs
         for case in shared_error_inputs(algo, needs) + domain_error_inputs(algo) + list(info.extra_error_inputs):
             yield pytest.param(algo, case, id=f"{algo}-{case.desc}")
 
@@ -67,10 +67,10 @@ def test_errors(backend, record, algo, case):
     hyperparameters = {**info.samples[0].hyperparameters, **case.hyperparameters}
     theta0 = np.linspace(-1.0, 1.0, N)
     if case.phase is Phase.CONSTRUCT:
-        _check_raised(ctx, case, _raised(lambda: construct(backend, info, hyperparameters)))
+        _check_raised(ctx, case, _raised(lambda: construct(backend, info, hyperparameters, guarded=False)))
         return
     if case.phase is Phase.INIT:
-        optimizer = construct(backend, info, hyperparameters)
+        optimizer = construct(backend, info, hyperparameters, guarded=False)
         if case.state is None and case.theta0 is None:  # the hyperparameters themselves fail against n
             _check_raised(ctx, case, _raised(lambda: optimizer.init(backend.asarray(theta0))))
             return
@@ -85,7 +85,7 @@ def test_errors(backend, record, algo, case):
         return
     # STEP: two valid steps with the sample on a quadratic, then the bad observation (or the bad
     # hyperparameter) from that state; F (and G) must raise and leave the state they were given alone.
-    warm = construct(backend, info, info.samples[0].hyperparameters)
+    warm = construct(backend, info, info.samples[0].hyperparameters)  # valid steps: guarded
     s, theta = warm.init(backend.asarray(theta0)), theta0
     for t in range(3):
         good = observe(PROBLEM, theta, warm.needs)
@@ -94,7 +94,7 @@ def test_errors(backend, record, algo, case):
         obs = native_observation(backend, good)
         s = warm.F(s, obs)
         theta = theta + np.asarray(backend.to_numpy(warm.G(s, obs)), dtype=np.float64)
-    optimizer = construct(backend, info, hyperparameters)
+    optimizer = construct(backend, info, hyperparameters, guarded=False)
     s = optimizer.init(backend.asarray(theta), **state_to_native(backend, state_to_host(backend, algo, s)))
     bad = case.observation(good)
     bad_native = native_observation(backend, bad) if isinstance(bad, Observation) else bad

@@ -4,15 +4,16 @@ utilities every backend shares, so they are checked once, not per backend."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ..errors import NotationError
+from ..errors import HyperparameterError, NotationError, SpectralRadiusWarning
 from ..reference import propagators as props
-from ..reference.rllc import spectral_radius
+from ..reference.rllc import lm_rllc, spectral_radius
 from .assertions import Context, assert_holds
 
 pytestmark = pytest.mark.algo("propagators")
@@ -142,3 +143,38 @@ def test_malformed_notation(notation):
         f"{notation!r} was accepted or raised the wrong error",
         ctx,
     )
+
+
+OUT_OF_DOMAIN = {  # notation: the block with ρ ≥ 1, as the warning names it (whitespace removed, − read as -)
+    "M(1.5)": "M(1.5)",
+    "M(-1)": "M(-1)",
+    "M(−1)": "M(-1)",
+    "CM(0.9+0.9i)": "CM(0.9+0.9i)",
+    "M(0.9) ⊕ M2(1) ⊕ CM(0.3+0.2i)": "M2(1)",
+}
+
+
+@pytest.mark.parametrize("notation", list(OUT_OF_DOMAIN) + list(props.TABLE_1))
+def test_out_of_domain_notation_warns(notation):
+    """A block with spectral radius ≥ 1 parses (a valid matrix) with a SpectralRadiusWarning naming it,
+    exactly when lm_rllc rejects the propagator (HyperparameterError naming B); Table 1 parses silently."""
+    ctx = Context("propagators", "out_of_domain_notation_warns", {"notation": notation})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        B, a = props.propagator(notation)
+    messages = [str(w.message) for w in caught if issubclass(w.category, SpectralRadiusWarning)]
+    try:
+        lm_rllc(B, a)
+        rejected = False
+    except HyperparameterError as exc:
+        rejected = exc.param == "B"
+    if notation in OUT_OF_DOMAIN:
+        block = OUT_OF_DOMAIN[notation]
+        assert_holds(rejected, f"{notation!r} should lie outside lm_rllc's domain", ctx)
+        assert_holds(
+            len(messages) == 1 and f"{block} (ρ = " in messages[0],
+            f"expected one SpectralRadiusWarning naming {block!r}, got {messages}",
+            ctx,
+        )
+    else:
+        assert_holds(not rejected and not messages, f"{notation!r} warned {messages} or was rejected", ctx)

@@ -36,14 +36,16 @@ def series_scale(expected) -> float:
 
 
 def deviation(actual, expected, scale: float) -> tuple[float, tuple]:
-    """(‖actual − expected‖_∞ / scale, index of the largest entry); inf on a shape mismatch or NaN."""
+    """(‖actual − expected‖_∞ / scale, index of the largest entry); inf on a shape mismatch, NaN or
+    overflow (a difference of huge values, or a huge one over a tiny scale, is an infinite deviation)."""
     a = np.atleast_1d(np.asarray(actual, dtype=np.float64))
     e = np.atleast_1d(np.asarray(expected, dtype=np.float64))
     if a.shape != e.shape:
         return np.inf, ()
     if a.size == 0:
         return 0.0, ()
-    diff = np.abs(a - e)
-    diff[np.isnan(diff)] = np.inf
-    index = np.unravel_index(int(np.argmax(diff)), diff.shape)
-    return float(diff[index] / scale), tuple(int(i) for i in index)
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = np.abs(a - e)
+        diff[np.isnan(diff)] = np.inf
+        index = np.unravel_index(int(np.argmax(diff)), diff.shape)
+        return float(diff[index] / scale), tuple(int(i) for i in index)

@@ -31,7 +31,7 @@ AUTHORS_INITIAL_LR = 1e-5  # the January-2024 code resets α to 1e-5 at its firs
 
 # convention='authors_code' (spec/elra.md#authors-code)
 AUTHORS_GROWTH_DAMPER = 855000.0  # D_0: γ_max starts at 10⁶/(1 + D_0/3.9) ≈ 4.56
-AUTHORS_ERROR_DAMPER = 500000.0  # E_0, also E's ceiling
+AUTHORS_ERROR_DAMPER = 500000.0  # E_0, and the value a rising step pins E to once E ≥ E_0
 AUTHORS_SMALL_DIMENSION = 20  # n ≤ 20: no correction factor and no 1.1 f(x_0) start rule
 
 
@@ -109,11 +109,11 @@ class _ELRABase(Optimizer):
             "period_m2": 0.0,
             "last_mean": 0.0,
             "last_std": 0.0,
-            "means": np.zeros(HISTORY),
+            "means": np.zeros(HISTORY, theta0.dtype),
             "updates": 0,
             "multiple": self.initial_multiple,
-            "x_sum": np.zeros(boosted),
-            "x_mean": np.zeros(boosted),
+            "x_sum": np.zeros(boosted, theta0.dtype),
+            "x_mean": np.zeros(boosted, theta0.dtype),
         }
 
     # -- α ----------------------------------------------------------------------------
@@ -189,7 +189,8 @@ class _ELRABase(Optimizer):
         if batches < self.period or count == 0:
             return fields
         std = math.sqrt(m2 / count)  # population σ of the period's accepted losses
-        means = np.concatenate(([mean], s.means[:-1]))
+        means = np.roll(s.means, 1)  # newest first: f̄_s, then the three before
+        means[0] = mean
         fields.update(
             periods=s.periods + 1,
             period_batches=0,
@@ -323,8 +324,10 @@ class ELRA(_ELRABase):
             error_damper /= 1.69
         elif error_damper < 1.0:
             error_damper += 16.0
+        elif error_damper < AUTHORS_ERROR_DAMPER:
+            error_damper *= 16.0  # tested before multiplying: E can reach just under 16 E_0 = 8e6
         else:
-            error_damper = min(16.0 * error_damper, AUTHORS_ERROR_DAMPER)
+            error_damper = AUTHORS_ERROR_DAMPER
         return s.replace(
             step=t,
             alpha=alpha,

@@ -15,9 +15,16 @@ def hessian_diagonal(hvp, n: int) -> np.ndarray:
     return np.array([hvp(e)[j] for j, e in enumerate(np.eye(n))])
 
 
+def _step_sizes(theta0: np.ndarray, alpha0: float) -> dict:
+    """β_0 = log α₀ and α₀ for every weight, in the precision of θ_0 (working_precision)."""
+    n, dtype = theta0.shape[0], theta0.dtype
+    return {"beta": np.full(n, np.log(alpha0), dtype), "alpha": np.full(n, float(alpha0), dtype)}
+
+
 @state
 class IDBDState(State):
-    beta: np.ndarray  # (n,) log step sizes β_i
+    beta: np.ndarray  # (n,) log step sizes β_i, updated before the step that uses them
+    alpha: np.ndarray  # (n,) the step sizes step t was taken with, e^β of S_t; α₀ at S_0
     h: np.ndarray  # (n,) traces h_i ≈ ∂w_i/∂β_i
 
 
@@ -26,7 +33,7 @@ class IDBD(Optimizer):
     State = IDBDState
 
     def initial_state(self, theta0):
-        return {"beta": np.full(theta0.shape[0], np.log(self.alpha0)), "h": np.zeros_like(theta0)}
+        return {**_step_sizes(theta0, self.alpha0), "h": np.zeros_like(theta0)}
 
     def _F(self, s, obs):
         g = obs.grad  # (I1) g = ∇f = −δx for the linear unit
@@ -34,10 +41,10 @@ class IDBD(Optimizer):
         beta = s.beta - self.eta * g * s.h  # (I3) β_i ← β_i + θ δ x_i h_i
         alpha = np.exp(beta)  # (I4) α_i ← e^{β_i}, the new value used by (I5) and (I6)
         h = s.h * np.maximum(1 - alpha * x2, 0.0) - alpha * g  # (I6) h_i ← h_i[1 − α_i x_i²]⁺ + α_i δ x_i
-        return IDBDState(beta=beta, h=h)
+        return IDBDState(beta=beta, alpha=alpha, h=h)
 
     def _G(self, s, obs):
-        return -np.exp(s.beta) * obs.grad  # (I5) w_i ← w_i + α_i δ x_i with the new α_i of S_t
+        return -s.alpha * obs.grad  # (I5) w_i ← w_i + α_i δ x_i with the new α_i of S_t
 
 
 def idbd(alpha0=0.05, eta=0.01):
@@ -47,7 +54,8 @@ def idbd(alpha0=0.05, eta=0.01):
 
 @state
 class IDBDNonlinearState(State):
-    beta: np.ndarray  # (n,) log step sizes
+    beta: np.ndarray  # (n,) log step sizes, updated before the step that uses them
+    alpha: np.ndarray  # (n,) the step sizes step t was taken with, e^β of S_t; α₀ at S_0
     H: np.ndarray  # (n, n) trace of dw/dβ
 
 
@@ -57,7 +65,7 @@ class IDBDNonlinear(Optimizer):
 
     def initial_state(self, theta0):
         n = theta0.shape[0]
-        return {"beta": np.full(n, np.log(self.alpha0)), "H": np.zeros((n, n))}
+        return {**_step_sizes(theta0, self.alpha0), "H": np.zeros((n, n), theta0.dtype)}
 
     def _F(self, s, obs):
         g = obs.grad
@@ -65,10 +73,10 @@ class IDBDNonlinear(Optimizer):
         alpha = np.exp(beta)  # (I8)
         hess_H = np.column_stack([obs.hvp(column) for column in s.H.T])  # ∇²f H as n products
         H = s.H - alpha[:, None] * hess_H - np.diag(alpha * g)  # (I10) H' = (I − [α]∇²f)H − [α∇f]
-        return IDBDNonlinearState(beta=beta, H=H)
+        return IDBDNonlinearState(beta=beta, alpha=alpha, H=H)
 
     def _G(self, s, obs):
-        return -np.exp(s.beta) * obs.grad  # (I9) w_{t+1} = w_t − α_{t+1}∇f_t(w_t)
+        return -s.alpha * obs.grad  # (I9) w_{t+1} = w_t − α_{t+1}∇f_t(w_t)
 
 
 def idbd_nonlinear(alpha0=0.05, eta=0.01):

@@ -21,7 +21,12 @@ from ..errors import HyperparameterError
 from ..spec import check_hyperparameters
 
 BASES = ("sgd", "sgdm", "adamw", "rmsprop", "lion")
-METAS = ("sgd", "adam", "rmsprop", "lion")
+METAS = ("sgd", "adam", "rmsprop", "lion", "fixed")
+
+PAPER_EPS = 1e-8
+"""ε and ε̄ of the paper convention: Alg. 3 prints none; torch's default, outside the root."""
+AUTHORS_CODE_EPS = 1e-10
+"""ε and ε̄ of convention='authors_code': HF.py's single `epsilon`, inside the root, base and meta alike."""
 
 
 # --------------------------------------------------------------------------- step sizes α = σ(β) (eq. 3)
@@ -56,23 +61,27 @@ class Normalised:
 
 
 def normalised(a: np.ndarray, s: np.ndarray, eps: float, eps_inside: bool) -> Normalised:
-    if eps_inside:
-        root = np.sqrt(s + eps)
-        return Normalised(a / root, 1 / root, -a / (2 * root**3), -1 / (2 * root**3), 3 * a / (4 * root**5))
-    r = np.sqrt(s)
-    q = r + eps
-    positive = r > 0
+    # The s-derivatives fall like 1/s as s → ∞ and grow like s^(-3/2) as s → 0: in float32 the products in them
+    # leave the range (overflow above √s ≈ 1e13; r³q³ underflows below √s ≈ 1e-7 at ε = 1e-8), and IEEE gives 0
+    # or ±inf, which only the traces that read them see (spec/metaoptimize.md#float32).
+    with np.errstate(over="ignore", divide="ignore"):
+        if eps_inside:
+            root = np.sqrt(s + eps)
+            return Normalised(a / root, 1 / root, -a / (2 * root**3), -1 / (2 * root**3), 3 * a / (4 * root**5))
+        r = np.sqrt(s)
+        q = r + eps
+        positive = r > 0
 
-    def where_positive(numerator, denominator):
-        return np.divide(numerator, denominator, out=np.zeros_like(r), where=positive)
+        def where_positive(numerator, denominator):
+            return np.divide(numerator, denominator, out=np.zeros_like(r), where=positive)
 
-    return Normalised(
-        value=a / q,
-        a=1 / q,
-        s=where_positive(-a, 2 * r * q**2),
-        as_=where_positive(-np.ones_like(r), 2 * r * q**2),
-        ss=where_positive(a * (q + 2 * r), 4 * r**3 * q**3),
-    )
+        return Normalised(
+            value=a / q,
+            a=1 / q,
+            s=where_positive(-a, 2 * r * q**2),
+            as_=where_positive(-np.ones_like(r), 2 * r * q**2),
+            ss=where_positive(a * (q + 2 * r), 4 * r**3 * q**3),
+        )
 
 
 # --------------------------------------------------------------------------- base cells (M3)–(M8)
@@ -244,6 +253,8 @@ def meta_cell(name, beta, m, v, z, t, hp, authors_code=False) -> MetaCell:
     zero, one = np.zeros_like(z), np.ones_like(z)
     shrink = np.full_like(z, 1 - eta * hp["meta_kappa"])  # meta weight decay κ̄ (authors' code form)
     common = dict(beta_beta=shrink, beta_m=zero, beta_v=zero, m=m, v=v, m_m=one, m_z=zero, v_v=one, v_z=zero)
+    if name == "fixed":  # β' = β: no step and no decay, the authors' code's `fixed` (= any meta at η = 0)
+        return MetaCell(beta=beta, beta_z=zero, **{**common, "beta_beta": one})
     if name == "sgd":  # (M10) U = z
         return MetaCell(beta=shrink * beta - eta * z, beta_z=np.full_like(z, -eta), **common)
     if name == "lion":  # (M12) U = sign(c̄ m̄ + (1 − c̄) z) with the old m̄; m̄' = ρ̄m̄ + (1 − ρ̄)z
@@ -260,7 +271,7 @@ def meta_cell(name, beta, m, v, z, t, hp, authors_code=False) -> MetaCell:
         new_v, v_z = lam * v + (1 - lam) * z * z, 2 * (1 - lam) * z
         s, s_z, s_v = new_v, v_z, lam
         eps_inside = False
-        if name == "adam":  # (M11) U = m̂/(√v̂ + ε̄), bias-corrected new moments (the torch Adam step)
+        if name == "adam":  # (M11) U = m̂/(√v̂ + ε̄), bias-corrected new moments: torch's order (disambiguation 8)
             b1, b2 = 1 - rho**t, 1 - lam**t
             new_m = rho * m + (1 - rho) * z
             a, a_z, a_m, m_z = new_m / b1, (1 - rho) / b1, rho / b1, np.full_like(z, 1 - rho)
@@ -280,7 +291,8 @@ def meta_cell(name, beta, m, v, z, t, hp, authors_code=False) -> MetaCell:
 @state
 class MetaOptimizeState(State):
     step: int  # t
-    beta: np.ndarray  # (m,) β_t
+    beta: np.ndarray  # (m,) β_t: the next step's (base_first) or this step's (meta_first) step-size parameters
+    alpha: np.ndarray  # (m,) the step sizes step t was taken with, σ(β_{t-1}) or σ(β_t) by order; α₀ at S_0
     m: np.ndarray  # (n,) base momentum (zero for bases without one)
     v: np.ndarray  # (n,) base second moment (zero for bases without one)
     meta_m: np.ndarray  # (m,) meta momentum m̄
@@ -308,21 +320,22 @@ class MetaOptimize(Optimizer):
         return self.blocks
 
     def initial_state(self, theta0):
-        n = theta0.shape[0]
+        n, dtype = theta0.shape[0], theta0.dtype  # every array in the precision of θ (working_precision)
         m = int(self.block_index(n).max()) + 1
-        Y = np.zeros((3 * m, m))
+        Y = np.zeros((3 * m, m), dtype)
         Y[:m] = np.eye(m)  # Algorithm 1: Y_0 = [I | 0]ᵀ
         return {
             "step": 0,
-            "beta": np.full(m, sigma_inverse(self.sigma, self.alpha0)),
-            "m": np.zeros(n),
-            "v": np.zeros(n),
-            "meta_m": np.zeros(m),
-            "meta_v": np.zeros(m),
+            "beta": np.full(m, sigma_inverse(self.sigma, self.alpha0), dtype),
+            "alpha": np.full(m, float(self.alpha0), dtype),
+            "m": np.zeros_like(theta0),
+            "v": np.zeros_like(theta0),
+            "meta_m": np.zeros(m, dtype),
+            "meta_v": np.zeros(m, dtype),
             "Y": Y,
-            "X": np.zeros((3 * n, m)),
-            "Q": np.zeros((n * m if self.approximation == "full" else 0, m)),
-            "delta": np.zeros(n),
+            "X": np.zeros((3 * n, m), dtype),
+            "Q": np.zeros((n * m if self.approximation == "full" else 0, m), dtype),
+            "delta": np.zeros_like(theta0),
         }
 
     def dimension(self, s):
@@ -344,7 +357,7 @@ class MetaOptimize(Optimizer):
 
     def _F(self, s, obs):
         g, n = obs.grad, obs.grad.shape[0]
-        w = obs.params if obs.params is not None else np.zeros(n)  # only read where κ ≠ 0 (then needed)
+        w = obs.params if obs.params is not None else np.zeros_like(g)  # only read where κ ≠ 0 (then needed)
         b = self.block_index(n)
         m = s.beta.shape[0]
         t = s.step + 1
@@ -352,23 +365,24 @@ class MetaOptimize(Optimizer):
         hess, third = self._curvature(obs, n)
         H, Xm, Xv = s.X[:n], s.X[n : 2 * n], s.X[2 * n :]
         Yb, Ym, Yv = s.Y[:m], s.Y[m : 2 * m], s.Y[2 * m :]
-        gamma = self.gamma
+        gamma, identity = self.gamma, np.eye(m, dtype=g.dtype)
 
         z = H.T @ g  # (M14) eq. (7), (24): the surrogate meta-gradient ∇̂_β F = H_tᵀ∇f_t(w_t)
         meta = meta_cell(self.meta, s.beta, s.meta_m, s.meta_v, z, t, hp, authors)
         beta_for_base = meta.beta if self.order == "meta_first" else s.beta  # (M19) the order option
-        alpha, dalpha, d2alpha = (x[b] for x in sigma(self.sigma, beta_for_base))
+        step_sizes = sigma(self.sigma, beta_for_base)
+        alpha, dalpha, d2alpha = (x[b] for x in step_sizes)
         base = base_cell(self.base, g, s.m, s.v, t, hp, authors)
         delta = -alpha * base.D - self.kappa * alpha * w  # (M3) Δw = −α⊙D − κα⊙w
 
         # (M15) P = γ[Y; X; Q] + (1 − γ)[I; 0; 0]: what G_t multiplies in eq. (15)
-        C = gamma * Yb + (1 - gamma) * np.eye(m)  # the paper's γB_t (46)
+        C = gamma * Yb + (1 - gamma) * identity  # the paper's γB_t (46)
         Pw, Pm, Pv, Pmm, Pmv, Ph = gamma * H, gamma * Xm, gamma * Xv, gamma * Ym, gamma * Yv, gamma * s.Q
         hess_Pw = np.column_stack([hess(Pw[:, i]) for i in range(m)]) if m else Pw
         hess_H = hess_Pw / gamma if gamma else np.column_stack([hess(H[:, i]) for i in range(m)])
 
         # (M16) meta rows: Y' = ∂y'/∂y P_y + ∂y'/∂z (Hᵀ∇²f P_w + L_t P_h); L_t P_h = Σ_k g_k Q[(i, k), j]
-        dz = np.zeros((m, m))
+        dz = np.zeros_like(identity)
         if self.approximation != "L":
             dz = hess_H.T @ Pw  # Hᵀ∇²f P_w
             if self.approximation == "full":
@@ -378,7 +392,7 @@ class MetaOptimize(Optimizer):
         Y_m = meta.m_m[:, None] * Pmm + meta.m_z[:, None] * dz
         Y_v = meta.v_v[:, None] * Pmv + meta.v_z[:, None] * dz
         if authors:  # the authors' code carries no Y trace: Y ≡ [I; 0; 0], even under meta weight decay
-            Y_beta, C = np.eye(m), np.eye(m)
+            Y_beta, C = identity, identity
 
         # (M17) base rows: X' = ∂x'/∂β B + ∂x'/∂x P_x, with B = C (Algorithm 1's order) or Y'^β (meta first)
         B = Y_beta if self.order == "meta_first" else C
@@ -415,6 +429,7 @@ class MetaOptimize(Optimizer):
         return MetaOptimizeState(
             step=t,
             beta=meta.beta,
+            alpha=step_sizes[0],
             m=base.m,
             v=base.v,
             meta_m=meta.m,
@@ -428,8 +443,8 @@ class MetaOptimize(Optimizer):
     def _hessian_diagonal(self, hess, n):
         """diag(∇²f) when the clip of IDBD needs it (diagonal mode); unused otherwise."""
         if not self.clip_decay:
-            return np.zeros(n)
-        return np.array([hess(e)[j] for j, e in enumerate(np.eye(n))])
+            return np.zeros(n, self.dtype)
+        return np.array([hess(e)[j] for j, e in enumerate(np.eye(n, dtype=self.dtype))])
 
     def _full_h_rows(self, base, alpha, dalpha, d2alpha, b, w, g, C, H, Xm, Xv, hess, third, directions):
         """(M18) Q' = ∂h'/∂(β, w, m, v, h) P: for each column j of P the directional derivative of
@@ -450,7 +465,7 @@ class MetaOptimize(Optimizer):
             dD_g = base.D_gg * dg + base.D_gm * dm + base.D_gv * dv
             dD_m = base.D_gm * dg + base.D_mm * dm + base.D_mv * dv
             dD_v = base.D_gv * dg + base.D_mv * dm + base.D_vv * dv
-            dH_new = np.empty((n, m))
+            dH_new = np.empty_like(H)
             for i in range(m):
                 d_hess_H = hess(dH[:, i]) + third(H[:, i], dw)
                 dH_new[:, i] = (
@@ -512,14 +527,18 @@ def metaoptimize(
     lam=0.999,
     c=0.9,
     kappa=0.0,
-    eps=1e-8,
+    eps=None,
     meta_rho=0.9,
     meta_lam=0.999,
     meta_c=0.9,
     meta_kappa=0.0,
-    meta_eps=1e-8,
+    meta_eps=None,
 ):
-    """MetaOptimize, spec/metaoptimize.md#metaoptimize (paper 003, Algorithm 1 and eq. 15)."""
+    """MetaOptimize, spec/metaoptimize.md#metaoptimize (paper 003, Algorithm 1 and eq. 15). ``eps`` and
+    ``meta_eps`` default to the convention's: PAPER_EPS, or AUTHORS_CODE_EPS with convention='authors_code'."""
+    convention_eps = AUTHORS_CODE_EPS if convention == "authors_code" else PAPER_EPS
+    eps = convention_eps if eps is None else eps
+    meta_eps = convention_eps if meta_eps is None else meta_eps
     hp = check_hyperparameters(
         "metaoptimize",
         base=base,
@@ -567,15 +586,13 @@ def metaoptimize(
 
 def algorithm2(alpha0, eta=1e-3, gamma=1.0, approximation="2x2"):
     """Algorithm 2: (SGD, SGD), scalar exponential step size, exact Hessian, eq. (15)'s H update
-    (spec/metaoptimize.md#algorithm-2: the printed H update drops (1−γ)(1−Y_t)α∇f)."""
+    (spec/metaoptimize.md, disambiguation 1: the printed H update drops (1 − γ)(Y_t − 1)α∇f)."""
     return metaoptimize("sgd", "sgd", alpha0, eta=eta, gamma=gamma, approximation=approximation, hessian="exact")
 
 
 def algorithm3(base, meta, alpha0, convention="paper", **hyperparameters):
     """Algorithm 3: the Hessian-free 2×2 family of the paper's experiments (η = 1e-3, γ = 1 by default).
-    ``convention="authors_code"`` reproduces the public code (ε = 1e-10 inside the root by default)."""
-    if convention == "authors_code":
-        hyperparameters = {"eps": 1e-10, "meta_eps": 1e-10, **hyperparameters}
+    ``convention="authors_code"`` reproduces the public code, its ε = ε̄ = 1e-10 inside the root included."""
     return metaoptimize(
         base, meta, alpha0, approximation="2x2", hessian="free", convention=convention, **hyperparameters
     )

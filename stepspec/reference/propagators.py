@@ -6,11 +6,13 @@ A propagator is the pair (B, a) of a linear memory rule U(M, g) = M B + g aᵀ (
 from __future__ import annotations
 
 import re
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import NotationError
+from ..errors import NotationError, SpectralRadiusWarning
+from .rllc import spectral_radius
 
 
 class Propagator(NamedTuple):
@@ -120,15 +122,17 @@ def propagator(notation: str) -> Propagator:
     """(B, a) from the paper's notation, e.g. ``"M(0.9) ⊕ M2(0.6) ⊕ CM(0.3+0.2i)"`` (spec/propagators.md).
 
     Blocks: ``M(λ)``, ``Mm(λ)`` / ``M_m(λ)`` / ``M_{m}(λ)``, ``CM(α+βi)``, ``CMm(α+βi)``; joined by ⊕ or +.
-    Unicode minus (−) and ``j`` for the imaginary unit are accepted.
+    Unicode minus (−) and ``j`` for the imaginary unit are accepted. A block with spectral radius |λ| ≥ 1
+    (``M(1.5)``, ``CM(0.9+0.9i)``) is a valid matrix, outside lm_rllc's domain: it parses, with a
+    ``SpectralRadiusWarning`` naming it.
     """
     if not isinstance(notation, str):
         raise NotationError("notation", f"must be a string such as 'M(0.9) ⊕ M(0)', got {type(notation).__name__}")
     text = re.sub(r"\s+", "", notation).replace("−", "-")
     if not text:
         raise NotationError("notation", "is empty; expected blocks such as 'M(0.9) ⊕ M(0)'")
-    parts = []
-    for block in _split_blocks(text):
+    blocks, parts = _split_blocks(text), []
+    for block in blocks:
         if not block:
             raise NotationError("notation", f"empty block in {notation!r}: a ⊕ or + with no block beside it")
         match = _BLOCK.match(block)
@@ -147,4 +151,14 @@ def propagator(notation: str) -> Propagator:
     result = direct_sum(*parts)
     if not np.all(np.isfinite(result.B)):
         raise NotationError("notation", f"{notation!r} has a non-finite entry")
+    # lm_rllc's own test, block by block (B is block diagonal): valid matrices, so a warning, not an error
+    radii = [spectral_radius(part.B) for part in parts]
+    not_decaying = [f"{block} (ρ = {rho:.6g})" for block, rho in zip(blocks, radii) if not rho < 1]
+    if not_decaying:
+        warnings.warn(
+            f"{notation!r}: spectral radius ≥ 1 in {', '.join(not_decaying)}; lm_rllc and linear_memory "
+            "need ρ(B) < 1 and will reject it (spec/propagators.md#notation)",
+            SpectralRadiusWarning,
+            stacklevel=2,
+        )
     return result

@@ -19,16 +19,19 @@ from ..spec import check_hyperparameters
 def relaxed_pinv(M: np.ndarray, eps: float) -> np.ndarray:
     """M_ε⁺, the k×n relaxed Moore–Penrose inverse of Remark 3.5, in the SVD M = U diag(σ) Vᵀ.
 
-    eps = 0: the exact M⁺ = V diag(1/σ) Uᵀ over the non-zero σ (R3a); σ ≤ max(n, k)·u·σ_max
-             (u the float64 roundoff) counts as zero, numpy's matrix_rank rule.
-    eps > 0: Tikhonov, M_ε⁺ = (MᵀM + εI)⁻¹Mᵀ = V diag(σ/(σ² + ε)) Uᵀ (R3b).
+    eps = 0: the exact M⁺ = V diag(1/σ) Uᵀ over the non-zero σ (R3a).
+    eps > 0: Tikhonov, M_ε⁺ = (MᵀM + εI)⁻¹Mᵀ = V diag(σ/(σ² + ε)) Uᵀ over the non-zero σ (R3b).
+    For every ε, σ ≤ max(n, k)·u·σ_max (u the roundoff of M's precision) counts as zero (R3c): such a
+    singular value is round-off of M's entries, not information, and σ/ε would amplify it.
     """
     U, sigma, Vt = np.linalg.svd(M, full_matrices=False)
+    cutoff = max(M.shape) * np.finfo(M.dtype).eps * sigma.max(initial=0.0)
+    kept = sigma > cutoff
     if eps == 0:
-        cutoff = max(M.shape) * np.finfo(np.float64).eps * sigma.max(initial=0.0)
-        coefficients = np.divide(1.0, sigma, out=np.zeros_like(sigma), where=sigma > cutoff)
+        coefficients = np.divide(1.0, sigma, out=np.zeros_like(sigma), where=kept)
     else:
         coefficients = sigma / (sigma * sigma + eps)
+        coefficients[~kept] = 0.0
     return (Vt.T * coefficients) @ U.T
 
 
@@ -74,7 +77,7 @@ def unit_gain_law(B: np.ndarray, a: np.ndarray) -> np.ndarray:
     Under a constant gradient g the memory tends to M∞ = g aᵀ(I − B)⁻¹, so the step tends to
     −c1 g · wᵀL with w = (I − B)⁻ᵀ a; L0 = w/‖w‖² makes that −c1 g, so c1 acts as a learning rate.
     """
-    w = np.linalg.solve((np.eye(B.shape[0]) - B).T, a)
+    w = np.linalg.solve((np.eye(B.shape[0], dtype=B.dtype) - B).T, a)
     norm2 = float(w @ w)
     if norm2 == 0:
         raise HyperparameterError("L0", "the default unit-gain law is undefined for a = 0; pass L0")
@@ -96,7 +99,7 @@ class RLLC(Optimizer):
     State = RLLCState
 
     def initial_state(self, theta0):
-        return {"M": np.zeros((theta0.shape[0], self.L0.shape[0])), "H": self.H0, "L": self.L0}
+        return {"M": np.zeros((theta0.shape[0], self.L0.shape[0]), theta0.dtype), "H": self.H0, "L": self.L0}
 
     def _F(self, s, obs):
         g = obs.grad
@@ -137,7 +140,7 @@ class LMRLLC(Optimizer):
     State = LMRLLCState
 
     def initial_state(self, theta0):
-        return {"M": np.zeros((theta0.shape[0], self.B.shape[0])), "L": self.L0}
+        return {"M": np.zeros((theta0.shape[0], self.B.shape[0]), theta0.dtype), "L": self.L0}
 
     def _F(self, s, obs):
         g = obs.grad
@@ -175,7 +178,7 @@ class LinearMemory(Optimizer):
     State = LinearMemoryState
 
     def initial_state(self, theta0):
-        return {"M": np.zeros((theta0.shape[0], self.B.shape[0]))}
+        return {"M": np.zeros((theta0.shape[0], self.B.shape[0]), theta0.dtype)}
 
     def _F(self, s, obs):
         return LinearMemoryState(M=linear_memory_update(s.M, obs.grad, self.B, self.a))  # (R4)

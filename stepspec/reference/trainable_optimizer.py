@@ -102,7 +102,11 @@ class FullTO(_TrainableOptimizer):
                 f"{self.max_memory:,.0f}; use diagonal_to or rank_one_to (O(n) memory), or raise max_memory",
             )
         self.check_center(n)
-        return {"step": 0, "A": np.zeros((n, n)), "b": np.zeros(n)}  # the paper's recommended A₀ = 0, b₀ = 0
+        return {
+            "step": 0,
+            "A": np.zeros((n, n), theta0.dtype),
+            "b": np.zeros_like(theta0),
+        }  # the paper's recommended A₀ = 0, b₀ = 0
 
     def approximation(self, s, x):
         return s.A @ x + s.b  # ĝ(x) = A x + b
@@ -146,7 +150,12 @@ class RankOneTO(_TrainableOptimizer):
         n = theta0.shape[0]
         self.check_center(n)
         # u = v = 0 is a stationary point of ℓ in (u, v): start v off it (spec: RankOne initialisation)
-        return {"step": 0, "u": np.zeros(n), "v": np.full(n, 1 / math.sqrt(n)), "b": np.zeros(n)}
+        return {
+            "step": 0,
+            "u": np.zeros_like(theta0),
+            "v": np.full_like(theta0, 1 / math.sqrt(n)),
+            "b": np.zeros_like(theta0),
+        }
 
     def approximation(self, s, x):
         return s.u * float(s.v @ x) + s.b  # ĝ(x) = u (vᵀx) + b
