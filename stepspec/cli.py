@@ -18,9 +18,9 @@ loaded or is invalid, or the selection names nothing; 5 nothing was tested (the 
 the selected algorithms); 2 bad command-line arguments."""
 
 PROFILE_HELP = (
-    "hypothesis profile: ci (default; 25 derandomized examples per property, reproducible; about 40 s on "
-    "one core for the reference), dev (10 random examples, about 20 s), thorough (1000 random examples, "
-    "about half an hour; on demand)"
+    "hypothesis profile: ci (default; 25 derandomized examples per property, reproducible; about 70 s on "
+    "one core for the reference), dev (10 random examples), thorough (1000 random examples: about 40 times "
+    "ci's time; on demand)"
 )
 
 
