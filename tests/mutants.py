@@ -9,6 +9,7 @@ wrapper mutant breaks a contract a source change cannot (an F that updates its i
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import sys
@@ -172,3 +173,52 @@ def wrapper_backend(wrapper: type, name: str) -> ReferenceBackend:
         },
         name=f"mutant:{name}",
     )
+
+
+class _Structured(_Wrapped):
+    """The reference over parameter structures (spec/conformance.md#structures): θ_0, the gradients, the
+    parameters and the curvature products are flattened in order, G is split back into the shapes. With
+    ``gradient_order="F"`` the gradients of matrices are flattened column by column while everything else
+    is row by row: a port that mixes the two layouts."""
+
+    gradient_order = "C"
+
+    def _flat(self, parts, order="C"):
+        return np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, order=order) for p in parts])
+
+    def _split(self, vector):
+        offsets = np.cumsum([0, *(int(np.prod(s, dtype=int)) for s in self.shapes)])
+        return [vector[a:b].reshape(s) for a, b, s in zip(offsets, offsets[1:], self.shapes)]
+
+    def _observation(self, obs):
+        def product(function):
+            return None if function is None else (lambda *v: self._flat(function(*(self._split(x) for x in v))))
+
+        return dataclasses.replace(
+            obs,
+            grad=self._flat(obs.grad, self.gradient_order),
+            params=None if obs.params is None else self._flat(obs.params),
+            hvp=product(obs.hvp),
+            third=product(obs.third),
+        )
+
+    def init(self, theta0, **initial_state):
+        self.shapes = [np.shape(p) for p in theta0]
+        return self.inner.init(self._flat(theta0), **initial_state)
+
+    def F(self, s, obs):
+        return self.inner.F(s, self._observation(obs))
+
+    def G(self, s, obs):
+        return self._split(self.inner.G(s, self._observation(obs)))
+
+
+class _StructuredMixedOrder(_Structured):
+    gradient_order = "F"
+
+
+def structured_backend(wrapper: type = _Structured, name: str = "structured-reference") -> ReferenceBackend:
+    """The reference behind ``wrapper``, declaring structured support."""
+    backend = wrapper_backend(wrapper, name)
+    backend.structured = True
+    return backend

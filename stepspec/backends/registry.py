@@ -23,6 +23,10 @@ from .protocol import DTYPES, REQUIRED_ATTRIBUTES
 BUILTIN = {
     "reference": "stepspec.backends.reference:BACKEND",
     "reference-float32": "stepspec.backends.reference:FLOAT32",
+    "torch": "stepspec.backends.torch:BACKEND",
+    "torch-float32": "stepspec.backends.torch:FLOAT32",
+    "torch-cuda": "stepspec.backends.torch:cuda_backend",
+    "torch-cuda-float32": "stepspec.backends.torch:cuda_float32_backend",
 }
 ENTRY_POINT_GROUP = "stepspec.backends"
 

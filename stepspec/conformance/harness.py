@@ -148,6 +148,48 @@ def _drive(backend, algo: str, optimizer, observe_at, theta0: np.ndarray, steps:
     return out
 
 
+def structured_run(backend, algo: str, optimizer, problem, theta0: np.ndarray, steps: int, shapes) -> Run:
+    """``run`` with the parameters as a structure: θ_0, every gradient, θ_{t-1} and the curvature
+    products are passed as lists of native tensors of ``shapes`` (their sizes sum to n, in order), and G
+    comes back as such a list. The host run, its observations and the states (spec fields, flat) are as
+    in ``run``, so the result compares with the reference's run over the concatenation."""
+    sizes = [int(np.prod(shape, dtype=int)) for shape in shapes]
+    offsets = np.cumsum([0, *sizes])
+
+    def split(vector):
+        vector = np.asarray(vector, dtype=np.float64)
+        return [backend.asarray(vector[a:b].reshape(shape)) for a, b, shape in zip(offsets, offsets[1:], shapes)]
+
+    def join(parts):
+        return np.concatenate([np.asarray(backend.to_numpy(p), dtype=np.float64).reshape(-1) for p in parts])
+
+    def product(host_function):
+        return None if host_function is None else (lambda *vectors: split(host_function(*(join(v) for v in vectors))))
+
+    theta = split(theta0)
+    s = optimizer.init(theta)
+    out = Run([np.array(theta0, dtype=np.float64)], [state_to_host(backend, algo, s)])
+    for t in range(1, steps + 1):
+        f_t = problem.batch(t) if hasattr(problem, "batch") else problem
+        host_obs = observe(f_t, out.thetas[-1], optimizer.needs)
+        obs = Observation(
+            grad=split(host_obs.grad),
+            params=None if host_obs.params is None else split(host_obs.params),
+            loss=host_obs.loss,
+            hvp=product(host_obs.hvp),
+            third=product(host_obs.third),
+        )
+        with at_step(t):
+            s = optimizer.F(s, obs)
+            delta = optimizer.G(s, obs)
+        theta = [p + d for p, d in zip(theta, delta)]
+        out.observations.append(host_obs)
+        out.deltas.append(join(delta))
+        out.states.append(state_to_host(backend, algo, s))
+        out.thetas.append(join(theta))
+    return out
+
+
 def run(backend, algo: str, optimizer, problem, theta0: np.ndarray, steps: int, initial_state=None) -> Run:
     """Run ``optimizer`` (made by ``backend``) for ``steps`` steps in closed loop: the problem is
     evaluated on the host at the backend's own iterate, and nothing is re-synchronised."""

@@ -237,6 +237,8 @@ def pytest_collection_modifyitems(config, items):
             selected = "reference" in names and not algorithms
         else:
             selected = not algorithms or algo in algorithms
+        if item.get_closest_marker("structured") and not getattr(backend_object(config, backend), "structured", False):
+            selected = False  # a property of parameter structures, for backends that declare them
         (keep if selected else dropped).append(item)
         hypothesis = getattr(item.function, "hypothesis", None)
         if hypothesis is not None:
@@ -447,6 +449,7 @@ class ReportCollector:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "algo(name): the algorithm a conformance test checks, for the report")
+    config.addinivalue_line("markers", "structured: a property of backends that declare structured = True")
     # Properties deliberately use rates beyond the TO step-size bound (spec/trainable_optimizer.md)
     config.addinivalue_line("filterwarnings", "ignore::stepspec.errors.StepSizeWarning")
     if not hasattr(config, "workerinput"):

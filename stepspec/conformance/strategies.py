@@ -64,6 +64,24 @@ def gradient_sequences(draw, n: int, steps: int):
     return list(rng(draw(seeds())).standard_normal((steps, n)))
 
 
+@st.composite
+def parameter_shapes(draw, n: int):
+    """Shapes of a parameter structure over n entries: one to four tensors of any rank — a 0-d scalar,
+    matrices, a (1, s) row — with empty tensors ((0,), (2, 0)) mixed in."""
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=3), label="cuts"))
+    sizes = [b - a for a, b in zip([0, *cuts], [*cuts, n])]
+    shapes = []
+    for size in sizes:
+        options = [(size,), (1, size), (size, 1)]
+        options += [(size // d, d) for d in (2, 3) if size % d == 0 and size > d]
+        options += [()] if size == 1 else []
+        options += [(0,), (2, 0)] if size == 0 else []
+        shapes.append(draw(st.sampled_from(options), label="shape"))
+    if draw(st.booleans(), label="an empty tensor too"):
+        shapes.insert(draw(st.integers(0, len(shapes)), label="where"), (0,))
+    return shapes
+
+
 # --------------------------------------------------------------------------- problems
 
 
