@@ -44,6 +44,10 @@ def test_structured_parameters(backend, record, algo, data):
     assert_series_close(mine.thetas, ref.thetas, tol=tol, what="theta", ctx=ctx, record=record)
     for name in numeric_fields(ref.states[0]):
         assert_series_close(
-            [s[name] for s in mine.states], [s[name] for s in ref.states], tol=tol, what=f"state.{name}", ctx=ctx,
+            [s[name] for s in mine.states],
+            [s[name] for s in ref.states],
+            tol=tol,
+            what=f"state.{name}",
+            ctx=ctx,
             record=record,
         )

@@ -53,7 +53,8 @@ class TorchBackend:
 
     def __init__(self, dtype: str = "float64", device: str = "cpu"):
         self.dtype, self.device = dtype, device
-        self.name = "torch" + ("-cuda" if device.startswith("cuda") else "") + ("-float32" if dtype == "float32" else "")
+        device_part = "-cuda" if device.startswith("cuda") else ""
+        self.name = "torch" + device_part + ("-float32" if dtype == "float32" else "")
         self.version = f"{__version__} (torch {torch.__version__})"
         self.algorithms = {algo: _bound(c, DTYPES[dtype], device) for algo, c in ALGORITHMS.items()}
 

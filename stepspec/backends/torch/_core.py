@@ -130,8 +130,11 @@ def as_tensors(name: str, value, error: type, dtype: torch.dtype, device, struct
         if shapes != structure.shapes:
             if structure.single and single:
                 raise error(name, f"must have shape ({structure.n},), got {tuple(tensors[0].shape)}")
-            raise error(name, f"must have the parameter shapes {[tuple(s) for s in structure.shapes]}, got "
-                        f"{[tuple(s) for s in shapes]}")
+            raise error(
+                name,
+                f"must have the parameter shapes {[tuple(s) for s in structure.shapes]}, got "
+                f"{[tuple(s) for s in shapes]}",
+            )
     tensors = [t.to(device=device, dtype=dtype) for t in tensors]
     _first_non_finite(name, tensors, error)
     shaped = Structure(tuple(t.shape for t in tensors), single, dtype, torch.device(device))
@@ -287,9 +290,7 @@ class State:
 
     def clone(self) -> State:
         """A deep copy whose tensors the in-place step may overwrite."""
-        return State(
-            self._layouts, self.structure, {k: self._layouts[k].clone(v) for k, v in self.stored.items()}
-        )
+        return State(self._layouts, self.structure, {k: self._layouts[k].clone(v) for k, v in self.stored.items()})
 
     def fields(self) -> dict:
         """The spec's fields, flat."""
@@ -430,4 +431,3 @@ class Optimizer(abc.ABC):
 def hyperparameters(algo: str, **values) -> dict:
     """The spec table's validation (domains, defaults, types), as the reference applies it."""
     return check_hyperparameters(algo, **values)
-
