@@ -27,9 +27,9 @@ PROFILE_HELP = (
 def _conform(args) -> int:
     import pytest
 
-    from .backends.registry import BackendError, resolve
+    from .backends.registry import BackendError, expand, resolve
 
-    for name in args.backend:
+    for name in expand(args.backend):
         try:
             resolve(name)  # load failures end here, in one line, before pytest starts
         except BackendError as exc:
@@ -110,8 +110,9 @@ def main(argv=None) -> int:
     conform.add_argument(
         "--backend",
         action="append",
-        help="a built-in name (reference, reference-float32), an entry point, or module:attribute for an object "
-        "in a module importable from the current directory (repeatable; default: reference)",
+        help="a built-in name (reference, reference-float32, torch, torch.optim: its three implementations, …), "
+        "an entry point, or module:attribute for an object in a module importable from the current directory "
+        "(repeatable; default: reference)",
     )
     conform.add_argument(
         "--algorithm", action="append", metavar="ID", help="only this algorithm's rows, e.g. lm_rllc (repeatable)"

@@ -45,3 +45,32 @@ BROKEN_SGD = ReferenceBackend({"sgd": _upside_down_sgd}, name="broken-sgd")
 DAMPENED_MOMENTUM = ReferenceBackend({"momentum": _dampened_momentum}, name="dampened-momentum")
 RAISING_SGD = ReferenceBackend({"sgd": _sgd_rejecting_large_gradients}, name="raising-sgd")
 SLOW_SGD = ReferenceBackend({"sgd": _slow_sgd}, name="slow-sgd")
+
+
+def _planted_torch_backend():
+    """A copy of the torch backend whose Adam moment update interpolates with β2 instead of β1: one
+    realistic slip (the two betas swapped in one line), planted in the source of the torch classical family."""
+    import importlib
+    import inspect
+
+    import torch
+
+    from stepspec.backends.torch import TorchBackend, _bound
+
+    classical = importlib.import_module("stepspec.backends.torch.classical")
+    source = inspect.getsource(classical)
+    original = "torch._foreach_add_(m, g, alpha=1 - beta1)"
+    assert source.count(original) == 1
+    planted = type(classical)(classical.__name__ + "_planted")
+    planted.__dict__.update(__package__=classical.__package__, __file__=classical.__file__)
+    exec(
+        compile(source.replace(original, "torch._foreach_add_(m, g, alpha=1 - beta2)"), "<planted>", "exec"),
+        planted.__dict__,
+    )
+    backend = TorchBackend("float64")
+    backend.name = "torch-planted"
+    backend.algorithms = {algo: _bound(getattr(planted, algo), torch.float64, "cpu") for algo in ("adam", "adamw")}
+    return backend
+
+
+PLANTED_TORCH = _planted_torch_backend

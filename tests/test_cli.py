@@ -205,20 +205,42 @@ def test_the_plugin_is_inert_in_other_projects(tmp_path):
     """Installing stepspec registers its pytest plugin everywhere: a project without conformance tests
     sees no stepspec output, no backend is resolved and its own hypothesis settings are untouched."""
     (tmp_path / "test_other.py").write_text(
+        "import os\n"
         "from hypothesis import given, settings, strategies as st\n"
         "def test_profile():\n"
-        "    assert settings.default.max_examples == 100 and not settings.default.derandomize\n"
+        "    with open(os.environ['SETTINGS_OUT'], 'w') as out:\n"
+        "        out.write(repr(settings.default))\n"
         "@given(st.integers())\n"
         "def test_property(x):\n"
         "    assert isinstance(x, int)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", str(tmp_path)],
-        cwd=tmp_path,
-        env={**os.environ, "STEPSPEC_BACKEND": "no_such_backend"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def run_other_project(*plugin_options, out):
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *plugin_options],
+            cwd=tmp_path,
+            env={**os.environ, "STEPSPEC_BACKEND": "no_such_backend", "SETTINGS_OUT": str(tmp_path / out)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    # the baseline is hypothesis's own default for this environment (its "ci" profile under CI=true)
+    without = run_other_project("-p", "no:stepspec.conformance.plugin", out="without.txt")
+    done = run_other_project(out="with.txt")
+    assert without.returncode == 0, without.stdout[-2000:]
     assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "with.txt").read_text() == (tmp_path / "without.txt").read_text()
     assert "stepspec" not in done.stdout
+
+
+def test_a_torch_backend_with_a_planted_bug_is_rejected_readably(tmp_path):
+    """issue 11: a copy of the torch backend with β1 and β2 swapped in Adam's first-moment update fails
+    with the spec anchor, the field, both values and the step (hypothesis shrinks to the defaults)."""
+    pytest.importorskip("torch")
+    done, rows = _conform(tmp_path, "--backend", "tests.backends_for_cli:PLANTED_TORCH", "-k", "equivalence_stepwise")
+    assert done.returncode == 1, done.stdout[-2000:]
+    message = rows["adam", "equivalence_stepwise"]["messages"][0]
+    assert message.startswith("[adam equivalence_stepwise · spec/classical.md#adam] state.m[")
+    assert ", reference=" in message and " at t=1" in message, message
+    assert rows["adamw", "equivalence_stepwise"]["status"] == "failed"

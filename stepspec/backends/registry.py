@@ -1,12 +1,14 @@
 """Resolve ``--backend`` (spec/conformance.md#backends), in this order:
 
-1. a built-in name (``reference``, ``reference-float32``);
+1. a built-in name (``reference``, ``reference-float32``, the torch backends, the peers of
+   ``stepspec.backends.peers``);
 2. an entry point in the group ``stepspec.backends`` declared by a third-party package;
 3. ``module:attribute`` (``package.module:attribute``), an object or a zero-argument factory; the current
    directory is importable for this form, as it is for ``python -m``.
 
 Every way a backend can fail to load or be invalid raises ``BackendError`` with one line naming the
-backend and the cause; nothing else escapes ``resolve``.
+backend and the cause; nothing else escapes ``resolve``. An alias (``torch.optim``) stands for several
+backends; ``expand`` replaces it by them before anything is resolved.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import traceback
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 
+from . import peers
 from .protocol import DTYPES, REQUIRED_ATTRIBUTES
 
 BUILTIN = {
@@ -29,6 +32,8 @@ BUILTIN = {
     "torch-cuda-float32": "stepspec.backends.torch:cuda_float32_backend",
 }
 ENTRY_POINT_GROUP = "stepspec.backends"
+ALIASES: dict[str, tuple[str, ...]] = dict(peers.ALIASES)
+"""Alias → the backends it stands for (``torch.optim``: its for-loop, foreach and fused implementations)."""
 
 
 class BackendError(ValueError):
@@ -40,7 +45,13 @@ class BackendError(ValueError):
 
 
 def available() -> list[str]:
-    return sorted(set(BUILTIN) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    names = set(BUILTIN) | set(peers.BACKENDS) | set(ALIASES)
+    return sorted(names | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def expand(names) -> list[str]:
+    """``names`` with every alias replaced by the backends it stands for, in order, without repeats."""
+    return list(dict.fromkeys(expanded for name in names for expanded in ALIASES.get(name, (name,))))
 
 
 def _instantiate(obj):
@@ -70,6 +81,8 @@ def _cause(exc: BaseException) -> str:
 def _load(name: str):
     if name in BUILTIN:
         return _from_target(BUILTIN[name])
+    if name in peers.BACKENDS:
+        return peers.BACKENDS[name]()
     points = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if points:
         return _instantiate(points[0].load())

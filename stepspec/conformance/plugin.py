@@ -1,6 +1,7 @@
 """The stepspec pytest plugin (registered through the ``pytest11`` entry point): the backends under test,
 the profiles, selection (``--algorithm``, ``--stepspec-test``), replay of a failing example, absent
-algorithms, example counting and the backend × algorithm × property report (spec/conformance.md).
+algorithms, a backend's expected failures, example counting and the backend × algorithm × property report
+(spec/conformance.md).
 
 It stays inert in a pytest run that collects no conformance test: it resolves no backend, loads no
 hypothesis profile and prints nothing, so installing stepspec does not change anyone else's test run.
@@ -17,12 +18,12 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis.errors import UnsatisfiedAssumption
+from hypothesis.errors import InvalidArgument, UnsatisfiedAssumption
 
 from .. import __version__
 from ..backends.protocol import device_of
-from ..backends.registry import BackendError, resolve
-from .assertions import CURRENT_TEST, Record
+from ..backends.registry import BackendError, expand, resolve
+from .assertions import CURRENT_TEST, ConformanceFailure, Record
 from .catalog import CATALOG
 from .report import SELF_CHECK, Report, RowId, RowResult
 from .strategies import PRECISION
@@ -33,17 +34,25 @@ _QUIET_CHECKS = [
     HealthCheck.data_too_large,
     HealthCheck.function_scoped_fixture,  # `record` and `backend` persist across examples by design
 ]
+_COMMON = dict(deadline=None, print_blob=True, report_multiple_bugs=False, suppress_health_check=_QUIET_CHECKS)
+# Built on hypothesis's own defaults, not the active profile: under CI=true hypothesis loads its "ci"
+# profile (derandomized), which would otherwise leak into dev and thorough and drop their seeds.
+_BASE = settings(settings.get_profile("default"), **_COMMON)
 PROFILES = {
-    "ci": settings(max_examples=25, derandomize=True, database=None),
-    "dev": settings(max_examples=10),
-    "thorough": settings(max_examples=1000),
+    "ci": settings(_BASE, max_examples=25, derandomize=True, database=None),
+    "dev": settings(_BASE, max_examples=10),
+    "thorough": settings(_BASE, max_examples=1000),
 }
 """ci: the default, reproducible (derandomized, no example database); dev: a quick random search; thorough:
 1000 random examples per property, on demand (spec/conformance.md#generation)."""
-_COMMON = dict(deadline=None, print_blob=True, report_multiple_bugs=False, suppress_health_check=_QUIET_CHECKS)
-PROFILES = {name: settings(profile, **_COMMON) for name, profile in PROFILES.items()}
 for _name, _profile in PROFILES.items():
-    settings.register_profile(_name, _profile)  # so `--hypothesis-profile thorough` names them too
+    # so `--hypothesis-profile thorough` names them too; never over a profile hypothesis defines itself
+    # ("ci" is loaded automatically under a CI environment, and re-registering it would change every
+    # project's settings there)
+    try:
+        settings.get_profile(_name)
+    except InvalidArgument:
+        settings.register_profile(_name, _profile)
 DEFAULT_PROFILE = "ci"
 
 _CONFORMANCE_DIR = Path(__file__).parent
@@ -105,10 +114,11 @@ def pytest_addoption(parser):
 
 
 def backend_names(config) -> list[str]:
+    """The backends under test, aliases expanded (``torch.optim`` is its three implementations)."""
     names = config.getoption("--backend") or config.getini("stepspec_backends")
     if not names:
         names = [os.environ.get("STEPSPEC_BACKEND", "reference")]
-    return list(dict.fromkeys(names))
+    return expand(names)
 
 
 _BACKENDS = pytest.StashKey()
@@ -180,6 +190,23 @@ def selector(item) -> str:
     return f"{Path(item.path).name}::{item.originalname}" + (f"[{ids}]" if ids else "")
 
 
+def case_of(item, algo: str) -> str:
+    """The test's parameters besides the backend and the algorithm, as written (``lr=0.0 outside (0, ∞)`` of
+    ``test_errors[adam-lr=0.0 outside (0, \\u221e)]``: pytest's escaping undone); empty for a test
+    parametrized by the algorithm alone."""
+    ids = selector(item).partition("[")[2].removesuffix("]")
+    if ids.isascii():
+        ids = ids.encode("ascii").decode("unicode_escape")  # pytest escapes ids with unicode_escape
+    return "" if ids in ("", algo) else ids.removeprefix(f"{algo}-")
+
+
+def expected_failure(backend, algo: str, prop: str, case: str) -> str | None:
+    """The reason ``backend`` gives, in its optional ``expected_failures`` table, for row (algo, prop), or for
+    one case of it, to fail (spec/conformance.md#backends); None when it is expected to pass."""
+    table = getattr(backend, "expected_failures", None) or {}
+    return table.get((algo, prop, case)) or table.get((algo, prop))
+
+
 def _identity(item):
     params = getattr(getattr(item, "callspec", None), "params", {})
     marker = item.get_closest_marker("algo")
@@ -230,7 +257,7 @@ def pytest_collection_modifyitems(config, items):
         if item not in conformance:
             keep.append(item)
             continue
-        item.stash[_IDENTITY] = backend, algo, _ = _identity(item)
+        item.stash[_IDENTITY] = backend, algo, prop = _identity(item)
         if tests:
             selected = selector(item) in tests
         elif backend == SELF_CHECK:  # they test stepspec's own code: run with the reference only
@@ -239,6 +266,10 @@ def pytest_collection_modifyitems(config, items):
             selected = not algorithms or algo in algorithms
         if item.get_closest_marker("structured") and not getattr(backend_object(config, backend), "structured", False):
             selected = False  # a property of parameter structures, for backends that declare them
+        if selected and backend != SELF_CHECK:
+            reason = expected_failure(backend_object(config, backend), algo, prop, case_of(item, algo))
+            if reason:  # strict: an expected failure that passes is stale, and fails the run
+                item.add_marker(pytest.mark.xfail(reason=reason, raises=ConformanceFailure, strict=True))
         (keep if selected else dropped).append(item)
         hypothesis = getattr(item.function, "hypothesis", None)
         if hypothesis is not None:
@@ -381,6 +412,10 @@ def pytest_runtest_makereport(item, call):
         replayed = item.config.getoption("--stepspec-replay")  # a replay reports no new blob: pass it on
         rerun = rerun_command(item, _blob(call.excinfo.value) or replayed)
         report.sections.append(("stepspec: reproduce", rerun))
+    elif report.failed:  # an expected failure that passed (strict xfail): the report says so
+        message = str(report.longrepr).splitlines()[0]
+    elif outcome == "xfailed":
+        message = report.wasxfail
     if backend_name == SELF_CHECK:
         name, version, dtype, device = SELF_CHECK, __version__, "-", "-"
     else:
@@ -390,12 +425,13 @@ def pytest_runtest_makereport(item, call):
         row=RowId(backend_name, name, version, dtype, device, algo, prop),
         nodeid=item.nodeid,
         outcome=outcome,
-        examples=int(examples) if outcome in ("passed", "failed") else 0,
+        examples=int(examples) if outcome in ("passed", "failed", "xfailed") else 0,
         max_deviation=float(max_deviation),
         max_ratio=float(max_ratio),
         wall_time=item.stash.get(_WALL_TIME, 0.0),
         message=message,
         rerun=rerun,
+        case=case_of(item, algo),
     )
     report.user_properties.append(("stepspec", result.as_dict()))  # travels from pytest-xdist workers
     return report

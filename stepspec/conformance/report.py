@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field
 
 from .. import __version__
 
-STATUS_ORDER = ("failed", "passed", "xfailed", "absent", "skipped")
+STATUS_ORDER = ("failed", "xfailed", "passed", "absent", "skipped")
+"""A row's status is the first of these among its tests' outcomes: one expected failure (a case of the errors
+row, say) makes the row xfailed, so that it never reads as passed."""
 TESTED = ("failed", "passed", "xfailed")
 SELF_CHECK = "stepspec"
 """The backend column of the suite's own checks (tests that take no backend: stepspec's propagator
@@ -46,6 +48,7 @@ class RowResult:
     wall_time: float = 0.0
     message: str = ""
     rerun: str = ""
+    case: str = ""  # the test's parameters besides backend and algorithm (an error input), if any
 
     def as_dict(self) -> dict:
         """Plain Python values, which pytest-xdist can send from a worker (a NumPy float cannot be)."""
@@ -67,6 +70,7 @@ class Row:
     tests: list = field(default_factory=list)
     messages: list = field(default_factory=list)
     reruns: list = field(default_factory=list)
+    expected: dict = field(default_factory=dict)  # reason of an expected failure → the cases it covers
 
     def __getattr__(self, name):  # r.backend, r.algo, … read the row's identity
         if name == "id":
@@ -109,7 +113,9 @@ class Report:
         row.max_deviation = max(row.max_deviation, r.max_deviation)
         row.max_ratio = max(row.max_ratio, r.max_ratio)
         row.wall_time += r.wall_time
-        if r.message:
+        if r.outcome == "xfailed":
+            row.expected.setdefault(r.message, []).append(r.case)
+        elif r.message:
             row.messages.append(r.message)
         if r.rerun:
             row.reruns.append(r.rerun)
@@ -174,6 +180,14 @@ class Report:
                 f"absent, not provided by {first.name}: {', '.join(algos)} "
                 f"({len(algos)} algorithms, {len(absent)} rows; listed in the JSON report)"
             )
+        expected = [r for r in shown if r.expected]
+        if expected:
+            lines.append("expected failures (the backend's expected_failures):")
+            for r in expected:
+                for reason, cases in r.expected.items():
+                    named = [c for c in cases if c]
+                    which = f" ({len(named)} case{'s' * (len(named) > 1)}: {', '.join(named)})" if named else ""
+                    lines.append(f"  {r.algo} {r.prop}{which}: {reason}")
         failures = [r for r in shown if r.status == "failed"]
         if failures:
             lines.append("failures:")
@@ -214,6 +228,7 @@ class Report:
                 "seed": self.header.get("seed"),
                 "tests": r.tests,
                 "messages": r.messages,
+                "expected_failures": [{"reason": k, "cases": [c for c in v if c]} for k, v in r.expected.items()],
                 "rerun": r.reruns,
             }
 

@@ -65,7 +65,9 @@ def _closed_loop(draw, n=None):
     beta=st.floats(0.0, 0.99), lr=st.floats(1e-3, 1.0), a=st.floats(0.1, 3.0), flip=st.booleans(), case=_closed_loop()
 )
 def test_linear_memory_k1_is_momentum(backend, record, beta, lr, a, flip, case):
-    """k = 1: L(β, a, L) is momentum with decay β and learning rate a·L; its unit is a·m."""
+    """k = 1: L(β, a, L) is momentum with decay β and learning rate a·L; its unit is a·m, m the momentum of
+    the backend's own gradients (the reference's, at the reference's θ, differ from them by the rounding of
+    θ, which near the optimum is large against g itself)."""
     problem, theta0, steps = case
     a = -a if flip else a
     hp = {"B": np.array([[beta]]), "a": np.array([a]), "L": np.array([lr / a])}
@@ -74,10 +76,14 @@ def test_linear_memory_k1_is_momentum(backend, record, beta, lr, a, flip, case):
     mine = _run(backend, "linear_memory", hp, problem, theta0, steps)
     tol = tolerance(backend.dtype, steps, perturbation_growth(target))
     assert_series_close(mine.thetas, target.thetas, tol=tol, what="theta", ctx=ctx, record=record)
+    m, expected = np.zeros(problem.n), [np.zeros(problem.n)]
+    for obs in mine.observations:
+        m = beta * m + obs.grad  # (C3)
+        expected.append(a * m)
     assert_series_close(
         [s["M"][:, 0] for s in mine.states],
-        [a * s["m"] for s in target.states],
-        tol=tol,
+        expected,
+        tol=tolerance(backend.dtype, steps),
         what="M[:, 0] vs a·m",
         ctx=ctx,
         record=record,
@@ -89,7 +95,7 @@ def test_linear_memory_k1_is_momentum(backend, record, beta, lr, a, flip, case):
 @given(beta=st.floats(0.0, 0.99), c=st.floats(1e-3, 1.0), case=_closed_loop())
 def test_fixed_laws_sgd_momentum_nag(backend, record, law, beta, c, case):
     """On M(β) ⊕ M(0) the laws (0, c), (c, 0), (cβ, c) are SGD, momentum and NAG with learning rate c
-    (Lemma 4.1, App. A), in torch's convention."""
+    (Lemma 4.1, App. A), in torch's convention; the M(0) unit is the backend's own g_t."""
     problem, theta0, steps = case
     p = props.direct_sum(props.jordan(beta), props.jordan(0.0))
     L = {"sgd": (0.0, c), "momentum": (c, 0.0), "nag": (c * beta, c)}[law]
@@ -102,8 +108,8 @@ def test_fixed_laws_sgd_momentum_nag(backend, record, law, beta, c, case):
     assert_series_close(mine.thetas, target.thetas, tol=tol, what="theta", ctx=ctx, record=record)
     assert_series_close(
         [s["M"][:, 1] for s in mine.states[1:]],
-        [o.grad for o in target.observations],
-        tol=tol,
+        [o.grad for o in mine.observations],
+        tol=tolerance(backend.dtype),
         what="M(0) unit vs g_t",
         ctx=ctx,
         record=record,

@@ -5,6 +5,7 @@ Equation tags (R1)… are those of the spec page; each cites the paper's definit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -21,11 +22,11 @@ def relaxed_pinv(M: np.ndarray, eps: float) -> np.ndarray:
 
     eps = 0: the exact M⁺ = V diag(1/σ) Uᵀ over the non-zero σ (R3a).
     eps > 0: Tikhonov, M_ε⁺ = (MᵀM + εI)⁻¹Mᵀ = V diag(σ/(σ² + ε)) Uᵀ over the non-zero σ (R3b).
-    For every ε, σ ≤ max(n, k)·u·σ_max (u the roundoff of M's precision) counts as zero (R3c): such a
+    For every ε, σ ≤ √(n·k)·u·σ_max (u the roundoff of M's precision) counts as zero (R3c): such a
     singular value is round-off of M's entries, not information, and σ/ε would amplify it.
     """
     U, sigma, Vt = np.linalg.svd(M, full_matrices=False)
-    cutoff = max(M.shape) * np.finfo(M.dtype).eps * sigma.max(initial=0.0)
+    cutoff = math.sqrt(M.size) * np.finfo(M.dtype).eps * sigma.max(initial=0.0)
     kept = sigma > cutoff
     if eps == 0:
         coefficients = np.divide(1.0, sigma, out=np.zeros_like(sigma), where=kept)

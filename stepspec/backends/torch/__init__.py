@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ... import __version__
-from . import classical
+from . import _fused, classical, elra, hypergradient, idbd, metaoptimize, rllc, trainable_optimizer
 
 ALGORITHMS: dict[str, Callable] = {
     "sgd": classical.sgd,
@@ -26,8 +26,25 @@ ALGORITHMS: dict[str, Callable] = {
     "adamw": classical.adamw,
     "rmsprop": classical.rmsprop,
     "lion": classical.lion,
+    "metaoptimize": metaoptimize.metaoptimize,
+    "idbd": idbd.idbd,
+    "idbd_nonlinear": idbd.idbd_nonlinear,
+    "hypergradient": hypergradient.hypergradient,
+    "lm_rllc": rllc.lm_rllc,
+    "rllc": rllc.rllc,
+    "linear_memory": rllc.linear_memory,
+    "trainable_optimizer": trainable_optimizer.trainable_optimizer,
+    "diagonal_to": trainable_optimizer.diagonal_to,
+    "rank_one_to": trainable_optimizer.rank_one_to,
+    "elra": elra.elra,
+    "elra_lean": elra.elra_lean,
 }
 """Algorithm id → constructor taking the spec's hyperparameters and, keyword-only, ``dtype`` and ``device``."""
+_fused.KERNELS.update(classical.KERNELS)
+_fused.KERNELS.update(trainable_optimizer.KERNELS)
+_fused.KERNELS.update(metaoptimize.KERNELS)
+_fused.KERNELS.update(rllc.KERNELS)
+_fused.KERNELS.update(elra.KERNELS)
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 

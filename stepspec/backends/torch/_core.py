@@ -92,12 +92,22 @@ def _kind_error(name: str, tensor: torch.Tensor, error: type):
         raise error(name, f"must be a real array, got dtype {str(tensor.dtype).removeprefix('torch.')}")
 
 
+def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every entry is finite, in one read of each tensor and one host read. A sum is finite only if
+    every entry is (a NaN propagates, an infinity stays infinite or meets its opposite in a NaN), so the
+    sums decide unless a sum of finite entries overflows, which the exact check then settles. The sum is a
+    streaming reduction: 1.1 ms at n = 10⁷ in float32 on one CPU thread, against 30 ms for
+    ``isfinite(t).all()``, which materialises an n-sized mask (spec/backends.md#reductions)."""
+    if not tensors:
+        return True
+    if bool(torch.isfinite(torch.stack([t.sum() for t in tensors]).sum())):
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 def _first_non_finite(name: str, tensors: Sequence[torch.Tensor], error: type):
     """Raise ``error`` at the first non-finite entry, after one check over all tensors (one host sync)."""
-    if not tensors:
-        return
-    finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
-    if bool(finite):
+    if all_finite(tensors):
         return
     offset = 0
     for t in tensors:
@@ -378,7 +388,11 @@ class Optimizer(abc.ABC):
     def step_(self, state: State, obs, params: list[torch.Tensor]) -> None:
         """F and G in place: the state's tensors become S_t and ``params`` become θ_t. The observation is
         checked first, so a rejected step leaves state and parameters as they were."""
-        step = self.check_observation(obs, state.structure)
+        self.advance_(state, self.check_observation(obs, state.structure), params)
+
+    def advance_(self, state: State, step: StepInput, params: list[torch.Tensor]) -> None:
+        """``step_`` on an observation ``check_observation`` has accepted: a drop-in optimizer over
+        several structures (param groups) checks every structure's observation before advancing any."""
         with torch.no_grad():
             self._F_(state, step)
             self._apply_(state, step, params)

@@ -1,0 +1,44 @@
+"""benchmarks/speed.py, run small: every implementation steps, the ratio and target tables print, the JSON and
+the plot are written (the figures themselves are benchmarks/RESULTS.md's, measured on demand)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_speed_harness_runs_and_reports_targets(tmp_path):
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "speed.py"),
+        "--quick",
+        "--sizes",
+        "1e3,1e4",
+        "--tensors",
+        "1,100",
+        "--algorithms",
+        "lm_rllc,adam",
+        "--implementations",
+        "torch.optim foreach,torch.optim fused,stepspec eager",
+        "--out",
+        str(tmp_path),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Targets (issue 11)" in done.stdout
+    # the target's peer (momentum) ran with it; speed targets start at n = 1e6, the others are judged here
+    assert "| lm_rllc: per-step overhead ≤ 2× torch.optim foreach momentum | stepspec eager |" in done.stdout
+    report = json.loads((tmp_path / "speed-cpu.json").read_text())
+    measured = {(r["algorithm"], r["implementation"]) for r in report["rows"]}
+    assert {("lm_rllc", "stepspec eager"), ("momentum", "torch.optim fused"), ("adam", "stepspec eager")} <= measured
+    assert all(r["median_ms"] > 0 for r in report["rows"])
+    assert (tmp_path / "speed-cpu.png").stat().st_size > 0
