@@ -239,30 +239,30 @@ def partial_sums(
     return rows
 
 
+def _kernel_step_(kernel: Kernel, optimizer: Optimizer, state: State, step, params, compile: bool) -> None:
+    """The kernel's host scalars (and reduction round), then its pass over every tensor."""
+    with torch.no_grad():
+        scalars = kernel.host_scalars(optimizer, state, step, params, compile)
+        run_(kernel.pass_for(optimizer), kernel.pass_columns(state, step, params), scalars, compile=compile)
+
+
 def step_(optimizer: Optimizer, state: State, obs, params: list[torch.Tensor], compile=True) -> None:
     """The drop-in optimizers' step, ``optimizer.step_(state, obs, params)``, on the fast path: the
-    observation checked first (a rejected step changes nothing), then the kernel's host scalars, then one
-    pass per tensor (compiled as ``use_compiled(compile, …)`` decides)."""
+    observation checked first (a rejected step changes nothing), then the kernel — compiled as
+    ``use_compiled(compile, …)`` decides, else run eagerly, which tests its arithmetic without compiling."""
     kernel = KERNELS[optimizer.algo]
     if not kernel.applies_to(optimizer):
         optimizer.step_(state, obs, params)
         return
     step = optimizer.check_observation(obs, state.structure)
-    compiling = use_compiled(compile, optimizer, state.structure)
-    with torch.no_grad():
-        scalars = kernel.host_scalars(optimizer, state, step, params, compiling)
-        columns = kernel.pass_columns(state, step, params)
-        run_(kernel.pass_for(optimizer), columns, scalars, compiling)
+    _kernel_step_(kernel, optimizer, state, step, params, use_compiled(compile, optimizer, state.structure))
 
 
 def advance_(optimizer: Optimizer, state: State, step, params: list[torch.Tensor], mode="auto") -> None:
     """The drop-in optimizers' step on an observation already checked (``check_observation``): the kernel's
-    compiled pass where ``use_compiled(mode, …)`` says so, else the eager multi-tensor step, which beats
-    the kernel run uncompiled."""
-    if not use_compiled(mode, optimizer, state.structure):
+    compiled pass where ``use_compiled(mode, …)`` says so, else the eager step (torch's fused kernel or
+    multi-tensor operations), which beats the kernel run uncompiled."""
+    if use_compiled(mode, optimizer, state.structure):
+        _kernel_step_(KERNELS[optimizer.algo], optimizer, state, step, params, compile=True)
+    else:
         optimizer.advance_(state, step, params)
-        return
-    kernel = KERNELS[optimizer.algo]
-    with torch.no_grad():
-        scalars = kernel.host_scalars(optimizer, state, step, params, compile=True)
-        run_(kernel.pass_for(optimizer), kernel.pass_columns(state, step, params), scalars, compile=True)
