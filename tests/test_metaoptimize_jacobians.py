@@ -16,7 +16,15 @@ from stepspec.reference.metaoptimize import metaoptimize
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
-jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """float64 for these checks only: x64 scoped to each test (thread-local), never left on in the process,
+    where the jax backend's tests check that it does not leak."""
+    with jax.enable_x64(True):
+        yield
+
 
 N, GAMMA, KAPPA, T = 3, 0.8, 0.07, 3
 HP = dict(

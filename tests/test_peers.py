@@ -282,3 +282,125 @@ def test_one_expected_failure_makes_the_row_xfailed():
     assert "adam errors (1 case: grad NaN): values unchecked" in report.as_text(["adam"])
     report.add(RowResult(row, "t[adam-grad +Inf]", "failed", message="boom").as_dict())
     assert report.counts("b")["failed"] == 1
+
+
+# --------------------------------------------------------------------------- optax
+
+
+def _optax_runs():
+    """algo → (the spec's hyperparameters, optax's own transformation for them, as an optax user writes it)."""
+    optax = pytest.importorskip("optax")
+    return {
+        "sgd": ({"lr": 0.1}, optax.sgd(0.1)),
+        "momentum": ({"lr": 0.1, "beta": 0.8}, optax.sgd(0.1, momentum=0.8)),
+        "nag": ({"lr": 0.1, "beta": 0.8}, optax.sgd(0.1, momentum=0.8, nesterov=True)),
+        "adam": (
+            {"lr": 0.01, "weight_decay": 0.1},
+            optax.chain(optax.add_decayed_weights(0.1), optax.adam(0.01)),
+        ),
+        "adamw": ({"lr": 0.01}, optax.adamw(0.01, weight_decay=0.01)),
+        "rmsprop": (
+            {"lr": 0.01, "weight_decay": 0.1},
+            optax.chain(optax.add_decayed_weights(0.1), optax.rmsprop(0.01, decay=0.99, eps_in_sqrt=False)),
+        ),
+        "lion": (
+            {"lr": 0.01, "betas": (0.8, 0.95), "weight_decay": 0.1},
+            optax.lion(0.01, b1=0.8, b2=0.95, weight_decay=0.1),
+        ),
+    }
+
+
+OPTAX_ALGORITHMS = ["sgd", "momentum", "nag", "adam", "adamw", "rmsprop", "lion"]
+OPTAX_STATE = {"m": ("trace", "mu"), "v": ("nu",), "step": ("count",)}
+"""Spec field → the attribute of optax's state that holds it."""
+
+
+def _optax_held(state, names):
+    """The first of ``names`` that a NamedTuple in optax's (chained) state has as a field, its value; or None."""
+    for name in names:
+        if name in getattr(state, "_fields", ()):
+            return getattr(state, name)
+    for part in state if isinstance(state, tuple) else ():
+        found = _optax_held(part, names)
+        if found is not None:
+            return found
+    return None
+
+
+@pytest.mark.parametrize("algo", OPTAX_ALGORITHMS)
+def test_the_adapter_runs_optax_exactly(algo):
+    """Three steps of optax's own loop (update, apply_updates) under x64 and of the optax backend, on a structure
+    with a matrix, a 0-d and an empty array: G is optax's update and every state field optax's own, bit for
+    bit (m ← trace / mu, v ← nu, step ← count); lion's c is (C15) from optax's m_{t−1}; x64 stays off outside."""
+    jax = pytest.importorskip("jax")
+    optax = pytest.importorskip("optax")
+    spec_hp, transformation = _optax_runs()[algo]
+    optimizer = resolve("optax").algorithms[algo](**spec_hp)
+    rng = np.random.default_rng(0)
+    theta = [rng.standard_normal(shape) for shape in SHAPES]
+    with jax.enable_x64(True):
+        held = transformation.init([jax.numpy.asarray(p) for p in theta])
+    state = optimizer.init(theta)
+    for t in range(1, 4):
+        grads = [rng.standard_normal(shape) for shape in SHAPES]
+        previous_m = _optax_held(held, OPTAX_STATE["m"])
+        with jax.enable_x64(True):
+            as_jax = [jax.numpy.asarray(p) for p in theta]
+            updates, held = transformation.update([jax.numpy.asarray(g) for g in grads], held, as_jax)
+            after = [np.asarray(p) for p in optax.apply_updates(as_jax, updates)]
+        obs = Observation(grad=grads, params=theta)
+        state = optimizer.F(state, obs)
+        delta = optimizer.G(state, obs)
+        for d, u, a, b in zip(delta, updates, after, theta):
+            assert d.dtype == np.float64 and np.array_equal(d, np.asarray(u)) and np.array_equal(b + d, a), (t, algo)
+        for field, names in OPTAX_STATE.items():
+            if field in optimizer.fields:
+                expected = _optax_held(held, names)
+                if field == "step":
+                    assert state.step == int(expected) == t
+                else:
+                    assert np.array_equal(getattr(state, field), np.concatenate([e.reshape(-1) for e in expected]))
+        if algo == "lion":
+            c = [0.8 * np.asarray(m) + (1 - 0.8) * g for m, g in zip(previous_m, grads)]
+            assert np.array_equal(state.c, np.concatenate([x.reshape(-1) for x in c]))
+        theta = after
+    assert not jax.config.jax_enable_x64
+
+
+def test_the_optax_backends_resolve_in_their_precisions():
+    pytest.importorskip("optax")
+    for name, dtype in [("optax", np.float64), ("optax-float32", np.float32)]:
+        backend = resolve(name)
+        assert backend.dtype == np.dtype(dtype).name and set(backend.algorithms) == set(OPTAX_ALGORITHMS)
+        rmsprop = backend.algorithms["rmsprop"](lr=0.1)
+        g = backend.asarray(np.array([0.5, -0.25]))
+        obs = Observation(grad=g)
+        step = rmsprop.G(rmsprop.F(rmsprop.init(backend.asarray(np.zeros(2))), obs), obs)
+        assert step.dtype == dtype  # ε outside the root (eps_in_sqrt=False): (C14) from v_0 = 0
+        expected = -0.1 * g / (np.sqrt(0.01 * g.astype(float) ** 2) + 1e-8)
+        assert np.allclose(step, expected, rtol=float(np.finfo(dtype).eps) * 8, atol=0)
+
+
+def test_optax_refusals_name_the_spec_hyperparameter_and_values_pass_through():
+    """optax checks no hyperparameter value; one it cannot use fails its first update, which the adapter reports
+    as HyperparameterError naming the spec's name. G needs the state F returned, as for torch.optim."""
+    pytest.importorskip("optax")
+    algorithms = resolve("optax").algorithms
+    for algo, hp, param in [("adamw", {"weight_decay": "0.5"}, "weight_decay"), ("lion", {"betas": (0.9,)}, "betas")]:
+        with pytest.raises(HyperparameterError) as raised:
+            algorithms[algo](**hp)
+        assert raised.value.param == param and "optax" in str(raised.value)
+    adam = algorithms["adam"](lr=-1.0)  # outside the spec's domain: optax's to judge
+    obs = Observation(grad=np.array([np.nan, 1.0]))
+    s = adam.F(adam.init(np.zeros(2)), obs)
+    assert np.isnan(s.m[0]) and not np.isnan(s.m[1])
+    with pytest.raises(StateError) as raised:
+        adam.G(adam.init(np.zeros(2), step=s.step, m=s.m, v=s.v), obs)
+    assert raised.value.param == "state"
+
+
+def test_a_missing_optax_fails_to_load_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optax", None)  # as if not installed
+    with pytest.raises(BackendError) as raised:
+        resolve("optax")
+    assert "optax is not installed" in str(raised.value) and "\n" not in str(raised.value)

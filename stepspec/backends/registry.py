@@ -30,6 +30,8 @@ BUILTIN = {
     "torch-float32": "stepspec.backends.torch:FLOAT32",
     "torch-cuda": "stepspec.backends.torch:cuda_backend",
     "torch-cuda-float32": "stepspec.backends.torch:cuda_float32_backend",
+    "jax": "stepspec.backends.jax:BACKEND",
+    "jax-float32": "stepspec.backends.jax:FLOAT32",
 }
 ENTRY_POINT_GROUP = "stepspec.backends"
 ALIASES: dict[str, tuple[str, ...]] = dict(peers.ALIASES)

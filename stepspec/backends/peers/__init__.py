@@ -5,7 +5,8 @@ suffix ``-float32``, in float32:
 - ``torch.optim-forloop``, ``torch.optim-foreach``, ``torch.optim-fused``: torch.optim's SGD (sgd, momentum,
   nag), Adam, AdamW and RMSprop (``torch_optim``);
 - ``lion-pytorch``, ``pytorch-optimizer-forloop``, ``pytorch-optimizer-foreach``: the Lion of those two
-  packages, optional (``lion``): a backend whose package is not installed fails to load in one line.
+  packages, optional (``lion``): a backend whose package is not installed fails to load in one line;
+- ``optax``: optax's sgd (sgd, momentum, nag), adam, adamw, rmsprop and lion on jax, optional (``optax_peer``).
 
 ``ALIASES`` name several backends at once (``--backend torch.optim`` runs the three torch.optim ones).
 Importing this module imports neither torch nor the peers; a backend is built when the registry loads it.
@@ -20,8 +21,13 @@ FAMILIES = {
     "torch.optim": ("forloop", "foreach", "fused"),
     "lion-pytorch": (None,),
     "pytorch-optimizer": ("forloop", "foreach"),
+    "optax": (None,),
 }
 """Peer → its implementations (None: it has one)."""
+
+
+MODULES = {"torch.optim": ".torch_optim", "optax": ".optax_peer"}
+"""Peer → the module that builds its backends (the Lion packages: ``.lion``)."""
 
 
 PRECISIONS = {"float64": "", "float32": "-float32"}
@@ -34,7 +40,7 @@ def _name(peer: str, implementation: str | None, dtype: str) -> str:
 
 def _factory(peer: str, implementation: str | None, dtype: str) -> Callable:
     def load():
-        module = importlib.import_module(".torch_optim" if peer == "torch.optim" else ".lion", __name__)
+        module = importlib.import_module(MODULES.get(peer, ".lion"), __name__)
         return module.backend(_name(peer, implementation, dtype), peer, implementation, dtype)
 
     return load
