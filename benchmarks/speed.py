@@ -19,8 +19,10 @@ implementation that has the algorithm steps its own copy of the same parameters 
 
 Implementations are the entries of IMPLEMENTATIONS: torch.optim's for-loop, foreach and fused variants
 (and lion-pytorch for Lion) are the reference points; stepspec's are judged against them by TARGETS (issue
-11's targets). A later backend (jax, cupy) adds an entry. Prints progress, a table of ratios and the
-targets; writes speed-<device>.json and the log-log plot speed-<device>.png to --out.
+11's targets). The jax backend's step and optax's under ``jax.jit`` run on CPU in float32, their ratios to
+torch for information, their compilations counted (no memory figures: the allocator records see torch's
+tensors only); a later backend (cupy) adds an entry. Prints progress, a table of ratios and the targets;
+writes speed-<device>.json and the log-log plot speed-<device>.png to --out.
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class Stepper:
 
     step: Callable[[], None]
     parts: dict[str, Callable[[], object]] = field(default_factory=dict)
+    compilations: Callable[[], int] | None = None  # programs jax has compiled for this stepper so far
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,7 @@ class Implementation:
     name: str
     peer: bool
     build: Callable[[Workload, list, list], Stepper | None]
+    framework: str = "torch"  # issue 11's targets and the allocator's memory figures are torch's
 
 
 def torch_optim(variant: dict) -> Callable:
@@ -225,6 +229,91 @@ def stepspec_functional(compiled: bool) -> Callable:
     return build
 
 
+def jax_arrays(tensors: list) -> list | None:
+    """CPU float32 torch tensors as jax arrays (copied through NumPy) on jax's default device, or None
+    elsewhere: the jax rows are float32 on CPU. Left uncommitted, as jnp.asarray makes them, so that the
+    first step's outputs (uncommitted too) do not select a second program on the next step."""
+    import jax
+
+    if tensors[0].dtype != torch.float32 or tensors[0].device.type != "cpu" or jax.default_backend() != "cpu":
+        return None
+    return [jax.numpy.asarray(t.numpy()) for t in tensors]
+
+
+def cache_sizes(*jitted) -> Callable[[], int]:
+    """Programs the ``jax.jit`` functions have compiled since this call."""
+    before = sum(f._cache_size() for f in jitted)
+    return lambda: sum(f._cache_size() for f in jitted) - before
+
+
+def stepspec_jax(workload, params, grads):
+    """The jax backend's F then θ + G (each jit-compiled), synchronised by ``block_until_ready``."""
+    from stepspec.backends.jax import ALGORITHMS as JAX_ALGORITHMS
+
+    constructor = JAX_ALGORITHMS.get(workload.algo)
+    params, grads = jax_arrays(params), jax_arrays(grads)
+    if constructor is None or params is None:
+        return None
+    import jax
+
+    optimizer = constructor(**workload.hyperparameters, dtype="float32")
+    state = optimizer.init(params)
+    compilations = cache_sizes(type(optimizer)._compiled_F, type(optimizer)._compiled_G)
+
+    def step():
+        nonlocal state, params
+        observation = Observation(grad=grads, params=params if "params" in optimizer.needs else None)
+        state = optimizer.F(state, observation)
+        params = jax.tree_util.tree_map(lambda p, u: p + u, params, optimizer.G(state, observation))
+        jax.block_until_ready(params)
+
+    return Stepper(step, compilations=compilations)
+
+
+def optax_transformation(workload):
+    """optax's equivalent of the workload: torch.optim's hyperparameters (lion-pytorch's for Lion), where
+    optax's defaults differ (AdamW's decay, RMSprop's averaging 0.99 and ε outside the root, Lion's decay)
+    set to them."""
+    import optax
+
+    lr = workload.hyperparameters.get("lr")
+    return {
+        "sgd": lambda: optax.sgd(lr),
+        "momentum": lambda: optax.sgd(lr, momentum=0.9),
+        "nag": lambda: optax.sgd(lr, momentum=0.9, nesterov=True),
+        "adam": lambda: optax.adam(lr),
+        "adamw": lambda: optax.adamw(lr, weight_decay=1e-2),
+        "rmsprop": lambda: optax.rmsprop(lr, decay=0.99, eps=1e-8, eps_in_sqrt=False),
+        "lion": lambda: optax.lion(lr, b1=0.9, b2=0.99, weight_decay=0.0),
+    }.get(workload.algo, lambda: None)()
+
+
+def optax_jit(workload, params, grads):
+    """optax's ``update`` and ``apply_updates`` in one ``jax.jit``-compiled step."""
+    params, grads = jax_arrays(params), jax_arrays(grads)
+    if params is None:
+        return None
+    transformation = optax_transformation(workload)
+    if transformation is None:
+        return None
+    import jax
+    import optax
+
+    @jax.jit
+    def update(params, optimizer_state, grads):
+        updates, optimizer_state = transformation.update(grads, optimizer_state, params)
+        return optax.apply_updates(params, updates), optimizer_state
+
+    optimizer_state = transformation.init(params)
+
+    def step():
+        nonlocal params, optimizer_state
+        params, optimizer_state = update(params, optimizer_state, grads)
+        jax.block_until_ready(params)
+
+    return Stepper(step, compilations=cache_sizes(update))
+
+
 IMPLEMENTATIONS = {
     i.name: i
     for i in (
@@ -234,6 +323,8 @@ IMPLEMENTATIONS = {
         Implementation("lion-pytorch", True, lion_pytorch),
         Implementation("stepspec eager", False, stepspec_functional(compiled=False)),
         Implementation("stepspec compiled", False, stepspec_functional(compiled=True)),
+        Implementation("stepspec jax", False, stepspec_jax, framework="jax"),
+        Implementation("optax (jit)", True, optax_jit, framework="jax"),
     )
 }
 
@@ -361,6 +452,8 @@ def measure_case(workload, n, tensors, dtype, device, implementations, settings,
         stepper.step()  # the first step: lazy state, compilation
         synchronize(device)
         steppers[implementation.name], setup[implementation.name] = stepper, time.perf_counter() - start
+    if not steppers:
+        return []
     for stepper in steppers.values():
         for _ in range(settings.warmup):
             stepper.step()
@@ -368,6 +461,7 @@ def measure_case(workload, n, tensors, dtype, device, implementations, settings,
     names = list(steppers)
     times = {name: [] for name in names}
     compiled_before = graphs_compiled()
+    jax_compiled_before = {name: s.compilations() for name, s in steppers.items() if s.compilations}
     started = time.perf_counter()
     for round_ in itertools.count():
         if round_ >= settings.repeats and (time.perf_counter() - started > settings.budget or round_ >= 200):
@@ -378,6 +472,10 @@ def measure_case(workload, n, tensors, dtype, device, implementations, settings,
         print(
             f"    warning: {graphs_compiled() - compiled_before} graphs compiled while timing (recompiling per step?)"
         )
+    compilations = {name: steppers[name].compilations() for name in jax_compiled_before}
+    for name, before in jax_compiled_before.items():
+        if compilations[name] != before:
+            print(f"    warning: {name} compiled {compilations[name] - before} programs while timing (recompiling?)")
 
     itemsize = torch.empty((), dtype=dtype).element_size()
     model = traffic.get(workload.algo)
@@ -386,13 +484,20 @@ def measure_case(workload, n, tensors, dtype, device, implementations, settings,
         name = implementation.name
         if name not in steppers:
             continue
-        own = copies()
-        with Allocations(device) as kept:
-            fresh = implementation.build(workload, *own)
-            fresh.step()
-        with Allocations(device) as during:
-            fresh.step()
-        del fresh
+        memory = None
+        if implementation.framework == "torch":  # the allocator's records see torch's tensors only
+            own = copies()
+            with Allocations(device) as kept:
+                fresh = implementation.build(workload, *own)
+                fresh.step()
+            with Allocations(device) as during:
+                fresh.step()
+            del fresh
+            memory = {
+                "kept_bytes_per_parameter": kept.net / n,
+                "peak_step_bytes_per_parameter": during.peak / n,
+                "outliving_step_bytes": during.net,
+            }
         median = statistics.median(times[name])
         quartiles = statistics.quantiles(times[name], n=4) if len(times[name]) > 1 else [median] * 3
         parts = {
@@ -405,15 +510,17 @@ def measure_case(workload, n, tensors, dtype, device, implementations, settings,
             "tensors": tensors,
             "implementation": name,
             "peer": implementation.peer,
+            "framework": implementation.framework,
             "median_ms": median * 1e3,
             "q1_ms": quartiles[0] * 1e3,
             "q3_ms": quartiles[2] * 1e3,
             "repeats": len(times[name]),
             "setup_s": setup[name],
             "parts_ms": parts,
-            "kept_bytes_per_parameter": kept.net / n,
-            "peak_step_bytes_per_parameter": during.peak / n,
-            "outliving_step_bytes": during.net,
+            "compilations": compilations.get(name),
+            "kept_bytes_per_parameter": memory and memory["kept_bytes_per_parameter"],
+            "peak_step_bytes_per_parameter": memory and memory["peak_step_bytes_per_parameter"],
+            "outliving_step_bytes": memory and memory["outliving_step_bytes"],
             "spec_state_bytes_per_parameter": model.state * itemsize if model else None,
             "traffic_bytes": (model.reads + model.writes) * n * itemsize if model else None,
         }
@@ -479,10 +586,10 @@ def _slope(points) -> float | None:
 
 
 def evaluate_targets(rows) -> list[dict]:
-    """Every target of issue 11 the run can judge, per stepspec implementation: speed (worst ratio from
+    """Every target of issue 11 the run can judge, per stepspec torch implementation: speed (worst ratio from
     SPEED_FROM), per-step overhead, linearity, memory."""
     cells = _cells(rows)
-    ours = list(dict.fromkeys(row["implementation"] for row in rows if not row["peer"]))
+    ours = list(dict.fromkeys(row["implementation"] for row in rows if not row["peer"] and row["framework"] == "torch"))
     verdicts = []
     for target in TARGETS:
         for name in ours:
@@ -695,6 +802,7 @@ def main(argv=None) -> int:
                 f"{r['implementation']} {r['median_ms']:.3g} ms"
                 + "".join(f" ({part} {ms:.3g})" for part, ms in r["parts_ms"].items())
                 + (f" (first step {r['setup_s']:.1f} s)" if r["setup_s"] > 1 else "")
+                + (f" ({r['compilations']} compilations)" if r["compilations"] is not None else "")
                 for r in case
             )
             print(

@@ -42,3 +42,34 @@ def test_speed_harness_runs_and_reports_targets(tmp_path):
     assert {("lm_rllc", "stepspec eager"), ("momentum", "torch.optim fused"), ("adam", "stepspec eager")} <= measured
     assert all(r["median_ms"] > 0 for r in report["rows"])
     assert (tmp_path / "speed-cpu.png").stat().st_size > 0
+
+
+def test_jax_rows_compile_once(tmp_path):
+    """The jax backend's step and optax's jitted step run in the same table; neither recompiles after
+    its first step (F and G: 2 programs; optax's update and apply: 1)."""
+    pytest.importorskip("optax")
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "speed.py"),
+        "--quick",
+        "--sizes",
+        "1e3",
+        "--tensors",
+        "1,100",
+        "--algorithms",
+        "adam",
+        "--implementations",
+        "torch.optim fused,stepspec jax,optax (jit)",
+        "--out",
+        str(tmp_path),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "speed-cpu.json").read_text())["rows"]
+    compilations = {(r["implementation"], r["tensors"]): r["compilations"] for r in rows if r["framework"] == "jax"}
+    assert compilations == {
+        ("stepspec jax", 1): 2,
+        ("stepspec jax", 100): 2,
+        ("optax (jit)", 1): 1,
+        ("optax (jit)", 100): 1,
+    }
