@@ -723,3 +723,10 @@ def test_the_finite_check_decides_by_sums_and_settles_overflow_exactly(dtype):
     for bad in ([math.nan], [math.inf], [-math.inf], [math.inf, -math.inf]):
         tensors = [torch.ones(5, dtype=dtype), torch.tensor([0.0, *bad], dtype=dtype)]
         assert not all_finite(tensors), bad
+
+
+def test_a_class_for_an_algorithm_the_backend_lacks_is_refused_at_definition():
+    with pytest.raises(TypeError, match="'no_such_algorithm' is not one the torch backend registers"):
+
+        class Unknown(st.StepspecOptimizer):
+            algorithm = "no_such_algorithm"

@@ -237,6 +237,11 @@ class StepspecOptimizer(torch.optim.Optimizer):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "algorithm" in cls.__dict__ and cls.algorithm not in ALGORITHMS:
+            raise TypeError(
+                f"{cls.__name__}: algorithm {cls.algorithm!r} is not one the torch backend registers "
+                f"(stepspec.backends.torch.ALGORITHMS: {', '.join(ALGORITHMS)})"
+            )
         if "algorithm" in cls.__dict__ or "fixed" in cls.__dict__:
             cls.__signature__ = spec_signature(cls.algorithm, cls.fixed)
 
@@ -274,14 +279,8 @@ class StepspecOptimizer(torch.optim.Optimizer):
         cached = self._functionals.get(index)
         if cached is not None and cached[1] == precision and all(_same(hp[k], v) for k, v in cached[0].items()):
             return cached[2]
-        constructor = ALGORITHMS.get(self.algorithm)
-        if constructor is None:
-            raise NotImplementedError(
-                f"{type(self).__name__} runs the torch backend's {self.algorithm!r}, which "
-                f"stepspec.backends.torch.ALGORITHMS does not register"
-            )
         dtype, device = precision
-        functional = constructor(**hp, dtype=dtype, device=device)
+        functional = ALGORITHMS[self.algorithm](**hp, dtype=dtype, device=device)
         self._functionals[index] = (hp, precision, functional)
         return functional
 

@@ -41,7 +41,7 @@ def _decayed(grad, params, weight_decay):
 
 
 class SGDState(NamedTuple):
-    pass
+    """(C1): SGD keeps no state."""
 
 
 class SGD(Optimizer):

@@ -52,7 +52,7 @@ class SGD(Optimizer):
         return {}
 
     def _F_(self, state, step):
-        pass  # (C1) S_t = S_{t-1}
+        """(C1) S_t = S_{t-1}: SGD keeps no state, so F changes nothing."""
 
     def _G(self, state, step):
         return torch._foreach_mul(step.grad, -self.lr)  # (C2)
