@@ -13,14 +13,9 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
 from stepspec import Observation  # noqa: E402
-from stepspec.backends.jax import ALGORITHMS, BACKEND, FLOAT32, classical  # noqa: E402
+from stepspec.backends.jax import ALGORITHMS, BACKEND, FLOAT32  # noqa: E402
 from stepspec.errors import ObservationError  # noqa: E402
 
-CLASSES = {
-    cls.algo: cls
-    for cls in (classical.SGD, classical.Momentum, classical.NAG, classical.Adam, classical.AdamW, classical.RMSprop)
-    + (classical.Lion,)
-}
 SETTINGS = {
     "sgd": [{"lr": 0.1}, {"lr": 0.02}],
     "momentum": [{"lr": 0.1, "beta": 0.9}, {"lr": 0.05, "beta": 0.5}],
@@ -36,7 +31,7 @@ or off)."""
 
 def _counted(algo: str):
     """The algorithm's optimizer class with F and G that count how often jax traces them, and the counts."""
-    cls, counts = CLASSES[algo], collections.Counter()
+    cls, counts = type(ALGORITHMS[algo](**SETTINGS[algo][0])), collections.Counter()
 
     class Counted(cls):
         @staticmethod

@@ -22,8 +22,10 @@ jax's float32 default (spec/backends.md#jax).
 from __future__ import annotations
 
 import abc
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -161,8 +163,9 @@ class Layout(abc.ABC):
         """The spec's view of the stored value."""
 
     @abc.abstractmethod
-    def store(self, name: str, value, structure: Structure):
-        """An ``init`` override (flat, as the spec shows the field) as stored, or ``StateError``."""
+    def store(self, name: str, value, structure: Structure, default=None):
+        """An ``init`` override (flat, as the spec shows the field) as stored, or ``StateError``; ``default``
+        is the field's S_0 as stored (its shape is the override's)."""
 
 
 class PerParameter(Layout):
@@ -171,7 +174,7 @@ class PerParameter(Layout):
     def flat(self, stored, structure):
         return structure.join(stored)
 
-    def store(self, name, value, structure):
+    def store(self, name, value, structure, default=None):
         (flat,), _ = as_leaves(name, [value], StateError, structure.dtype)
         if flat.shape != (structure.n,):
             raise StateError(name, f"must have shape ({structure.n},), got {tuple(flat.shape)}")
@@ -185,7 +188,7 @@ class Counter(Layout):
     def flat(self, stored, structure):
         return int(stored)
 
-    def store(self, name, value, structure):
+    def store(self, name, value, structure, default=None):
         if isinstance(value, (jax.Array, np.ndarray)) and value.shape == () and value.dtype.kind in "iu":
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
@@ -195,7 +198,77 @@ class Counter(Layout):
         return jnp.asarray(value, COUNTER_DTYPE)
 
 
-PARAM, COUNTER = PerParameter(), Counter()
+class Columns(Layout):
+    """(b·n, k): b stacked blocks of k columns over the parameters (b = 1 for RLLC's memory M; MetaOptimize's
+    trace X = [X_θ; X_m; X_v] has b = 3). Stored as a tuple of b pytrees of the parameters' structure whose
+    leaves carry the columns first, shape (k, *leaf.shape): each column of each leaf is contiguous, so a
+    per-column update is one elementwise pass and Mᵀg a sum of per-leaf contractions. ``k`` is read from
+    the stored value, so ``init`` overrides must keep the default's."""
+
+    def __init__(self, blocks: int = 1):
+        self.blocks = blocks
+
+    @staticmethod
+    def columns(block) -> int:
+        leaves = jax.tree_util.tree_leaves(block)
+        return leaves[0].shape[0] if leaves else 0
+
+    def flat(self, stored, structure):
+        k = self.columns(stored[0])
+        blocks = [
+            jnp.concatenate([jnp.reshape(leaf, (k, -1)) for leaf in jax.tree_util.tree_leaves(block)], axis=1).T
+            if structure.n
+            else jnp.zeros((0, k), DTYPES[structure.dtype])
+            for block in stored
+        ]
+        return jnp.concatenate(blocks, axis=0)
+
+    def store(self, name, value, structure, default=None):
+        k = self.columns(default[0])
+        (flat,), _ = as_leaves(name, [value], StateError, structure.dtype)
+        expected = (self.blocks * structure.n, k)
+        if tuple(flat.shape) != expected:
+            raise StateError(name, f"must have shape {expected}, got {tuple(flat.shape)}")
+        return tuple(self.split(flat[b * structure.n : (b + 1) * structure.n], structure) for b in range(self.blocks))
+
+    @staticmethod
+    def split(flat: jax.Array, structure: Structure):
+        """An (n, k) array as a pytree of leaves (k, *leaf.shape)."""
+        offsets = np.cumsum([0, *structure.sizes])
+        k = flat.shape[1]
+        return structure.unflatten(
+            flat[a:b].T.reshape((k, *s)) for a, b, s in zip(offsets, offsets[1:], structure.shapes)
+        )
+
+
+class Whole(Layout):
+    """A field without n (RLLC's law L (k,), MetaOptimize's β (m,), full TO's A (n, n)): one array."""
+
+    def flat(self, stored, structure):
+        return stored
+
+    def store(self, name, value, structure, default=None):
+        (array,), _ = as_leaves(name, [value], StateError, structure.dtype)
+        if array.shape != default.shape:
+            raise StateError(name, f"must have shape {tuple(default.shape)}, got {tuple(array.shape)}")
+        return array
+
+
+class Scalar(Layout):
+    """A real scalar (ELRA's α, a loss statistic): a 0-d array of the working precision in the pytree, so the
+    compiled step reads and writes it; shown as a Python float."""
+
+    def flat(self, stored, structure):
+        return float(stored)
+
+    def store(self, name, value, structure, default=None):
+        (array,), _ = as_leaves(name, [value], StateError, structure.dtype)
+        if array.shape != ():
+            raise StateError(name, f"must have shape (), got {tuple(array.shape)}")
+        return array
+
+
+PARAM, COUNTER, WHOLE, SCALAR = PerParameter(), Counter(), Whole(), Scalar()
 
 
 @jax.tree_util.register_pytree_node_class
@@ -232,6 +305,123 @@ class State:
         return cls(children[0], structure, dict(layouts))
 
 
+# --------------------------------------------------------------------------- observations
+
+
+@jax.tree_util.register_pytree_node_class
+class StepInput:
+    """An observation as the compiled step takes it: ``grad`` and ``params`` parameter-shaped pytrees,
+    ``loss`` a 0-d array (None where the algorithm does not observe them), and the curvature products
+    ``hvp(v)`` = ∇²f v and ``third(u, v)`` = ∇³f[u, v] of parameter-shaped pytrees.
+
+    The products are jax-traceable functions (an optax user's ``hvp_fn``, traced into the step), or, for a
+    host observation, ``HOST_PRODUCTS``: one fixed function that calls back to the host through
+    ``jax.pure_callback`` with ``token`` naming the observation, so that one compilation serves every
+    observation however its products are computed."""
+
+    def __init__(self, grad, params=None, loss=None, products=None, token=None):
+        self.grad, self.params, self.loss, self.products, self.token = grad, params, loss, products, token
+
+    def hvp(self, v):
+        return self.products.hvp(self.token, v)
+
+    def third(self, u, v):
+        return self.products.third(self.token, u, v)
+
+    def tree_flatten(self):
+        return (self.grad, self.params, self.loss, self.token), self.products
+
+    @classmethod
+    def tree_unflatten(cls, products, children):
+        grad, params, loss, token = children
+        return cls(grad, params, loss, products, token)
+
+
+@dataclass(frozen=True)
+class TracedProducts:
+    """Curvature products as jax functions of parameter-shaped pytrees, traced into the step (the optax
+    transformations' ``hvp_fn`` and ``third_fn``)."""
+
+    hvp_fn: Callable | None = None
+    third_fn: Callable | None = None
+
+    def hvp(self, token, v):
+        return self.hvp_fn(v)
+
+    def third(self, token, u, v):
+        return self.third_fn(u, v)
+
+
+_HOST_OBSERVATIONS: dict[int, list] = {}
+"""token → [observation, structure, the first exception its products raised (None)]."""
+_TOKENS = itertools.count()
+_TOKENS_LOCK = threading.Lock()
+
+
+def _call_host(kind: str, token, *vectors):
+    """The host observation's product ``kind`` of host vectors (NumPy leaves in the parameters' order), as
+    NumPy leaves. An exception (a product that fails, or returns a wrong shape or a non-finite entry) is kept
+    for ``call_compiled`` to raise once the step is done, and zeros go back: a callback cannot raise through
+    the compiled program with its class intact."""
+    entry = _HOST_OBSERVATIONS[int(token)]
+    obs, structure, _ = entry
+    try:
+        with precision(structure.dtype):
+            args = [structure.unflatten(jnp.asarray(leaf) for leaf in leaves) for leaves in vectors]
+            result, _ = as_leaves(kind, getattr(obs, kind)(*args), ObservationError, structure.dtype, structure)
+        return [np.asarray(leaf) for leaf in result]
+    except Exception as exc:
+        if entry[2] is None:
+            entry[2] = exc
+        return [np.zeros(shape, DTYPES[structure.dtype]) for shape in structure.shapes]
+
+
+class HostProducts:
+    """The products of the host observation ``token`` names, called back through ``jax.pure_callback``
+    (sequentially, in program order), their results checked like observations."""
+
+    @staticmethod
+    def _product(kind, token, *vectors):
+        shapes = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in jax.tree_util.tree_leaves(vectors[0])]
+        treedef = jax.tree_util.tree_structure(vectors[0])
+        leaves = jax.pure_callback(lambda token, *vectors: _call_host(kind, token, *vectors), shapes, token, *vectors)
+        return jax.tree_util.tree_unflatten(treedef, leaves)
+
+    def hvp(self, token, v):
+        return self._product("hvp", token, v)
+
+    def third(self, token, u, v):
+        return self._product("third", token, u, v)
+
+    def __eq__(self, other):
+        return isinstance(other, HostProducts)
+
+    def __hash__(self):
+        return hash(HostProducts)
+
+
+HOST_PRODUCTS = HostProducts()
+
+
+def call_compiled(compiled: Callable, obs: Observation, structure: Structure, scalars, static, tree, step, *rest):
+    """``compiled(scalars, static, tree, step, *rest)`` for a host observation. When the observation has
+    curvature products, they are registered under a fresh token for the call's duration (its results are
+    waited for before they are unregistered) and the step input carries ``HOST_PRODUCTS`` and the token."""
+    if obs.hvp is None and obs.third is None:
+        return compiled(scalars, static, tree, step, *rest)
+    with _TOKENS_LOCK:
+        token = next(_TOKENS) % np.iinfo(np.int32).max
+    entry = _HOST_OBSERVATIONS[token] = [obs, structure, None]
+    try:
+        step = StepInput(step.grad, step.params, step.loss, HOST_PRODUCTS, jnp.asarray(token, COUNTER_DTYPE))
+        result = jax.block_until_ready(compiled(scalars, static, tree, step, *rest))
+    finally:
+        del _HOST_OBSERVATIONS[token]
+    if entry[2] is not None:
+        raise entry[2]
+    return result
+
+
 # --------------------------------------------------------------------------- optimizers
 
 
@@ -256,6 +446,7 @@ class Optimizer(abc.ABC):
             cls._compiled_F = staticmethod(jax.jit(cls.step_F, static_argnums=1))
         if "step_G" in cls.__dict__:
             cls._compiled_G = staticmethod(jax.jit(cls.step_G, static_argnums=1))
+        cls._compiled_step = staticmethod(jax.jit(cls.pure_step, static_argnums=1))
 
     def __init__(self, dtype: str = "float64", needs=frozenset({"grad"}), **hyperparameters):
         if dtype not in DTYPES:
@@ -279,22 +470,56 @@ class Optimizer(abc.ABC):
             for name, value in initial_state.items():
                 if name not in self.layouts:
                     raise StateError(name, f"is not a state field of {self.algo}; fields: {sorted(self.layouts)}")
-                stored[name] = self.layouts[name].store(name, value, structure)
+                stored[name] = self.layouts[name].store(name, value, structure, stored[name])
         return State(self.StateTree(**stored), structure, self.layouts)
 
     def F(self, state: State, obs) -> State:
         """S_t = F(S_{t-1}, obs_t), a new state."""
         with precision(self.dtype):
-            grad, params = self.check_observation(obs, state.structure)
-            tree = self._compiled_F(self.scalars(), self.static(), state.tree, grad, params)
+            step = self.check_observation(obs, state.structure)
+            self.check_F(state, step)
+            tree = call_compiled(
+                self._compiled_F, obs, state.structure, self.scalars(), self.static(), state.tree, step
+            )
+            self.check_result(state, tree)
         return State(tree, state.structure, self.layouts)
 
     def G(self, state: State, obs):
         """θ_t − θ_{t-1} = G(S_t, obs_t), a pytree of the parameters' structure."""
         with precision(self.dtype):
-            grad, params = self.check_observation(obs, state.structure)
+            step = self.check_observation(obs, state.structure)
             self.check_G(state)
-            return self._compiled_G(self.scalars(), self.static(), state.tree, grad, params)
+            return call_compiled(
+                self._compiled_G, obs, state.structure, self.scalars(), self.static(), state.tree, step
+            )
+
+    def step(self, state: State, obs, params):
+        """(S_t, θ_t) from (S_{t-1}, θ_{t-1}): F, G and θ + G as one compiled call, the form a training loop
+        runs (``obs`` observed at ``params``)."""
+        with precision(self.dtype):
+            step = self.check_observation(obs, state.structure)
+            params, _ = as_leaves("params", params, ObservationError, self.dtype, state.structure)
+            self.check_F(state, step)
+            tree, params = call_compiled(
+                self._compiled_step,
+                obs,
+                state.structure,
+                self.scalars(),
+                self.static(),
+                state.tree,
+                step,
+                state.structure.unflatten(params),
+            )
+            self.check_result(state, tree)
+        return State(tree, state.structure, self.layouts), params
+
+    @classmethod
+    def pure_step(cls, scalars, static, tree, step: StepInput, params):
+        """(F, then θ + G) as one pure function of the state tree and the parameters: what ``step``
+        compiles, and what a jitted training loop or ``jax.vmap`` over hyperparameters traces."""
+        tree = cls.step_F(scalars, static, tree, step)
+        update = cls.step_G(scalars, static, tree, step)
+        return tree, jax.tree_util.tree_map(lambda p, u: p + u, params, update)
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -304,12 +529,12 @@ class Optimizer(abc.ABC):
 
     @staticmethod
     @abc.abstractmethod
-    def step_F(scalars, static, state, grad, params):
+    def step_F(scalars, static, state, step: StepInput):
         """S_{t-1} → S_t, pure."""
 
     @staticmethod
     @abc.abstractmethod
-    def step_G(scalars, static, state, grad, params):
+    def step_G(scalars, static, state, step: StepInput):
         """The update, a parameter-shaped pytree, pure."""
 
     def scalars(self) -> dict:
@@ -320,6 +545,15 @@ class Optimizer(abc.ABC):
         """What is compiled in: hashable, it selects a program (AdamW's decoupled decay)."""
         return ()
 
+    def check_F(self, state: State, step: StepInput) -> None:  # noqa: B027 (most algorithms check nothing)
+        """Host checks F makes before the compiled call (values a compiled step cannot raise on)."""
+
+    def check_result(self, state: State, tree: NamedTuple) -> None:  # noqa: B027 (most algorithms check nothing)
+        """Host checks of F's compiled result ``tree`` from ``state``: errors only the step's values reveal (a
+        singular memory matrix) are raised here from a status the step records in ``tree``, and ``state``
+        is left as it was. ``StateTree`` may carry such fields beside the spec's (``layouts`` names only
+        the spec's)."""
+
     def check_G(self, state: State) -> None:  # noqa: B027 (most algorithms check nothing)
         """Host checks of the state G needs (Adam's t ≥ 1)."""
 
@@ -329,9 +563,9 @@ class Optimizer(abc.ABC):
 
     # -- validation -----------------------------------------------------------------------
 
-    def check_observation(self, obs, structure: Structure):
-        """(grad, params) as parameter-shaped pytrees of the working precision, params None unless
-        observed, or ``ObservationError`` naming the field. Call inside ``precision``."""
+    def check_observation(self, obs, structure: Structure) -> StepInput:
+        """The observation as a ``StepInput`` of the working precision (fields this algorithm does not need
+        are None), or ``ObservationError`` naming the field. Call inside ``precision``."""
         if not isinstance(obs, Observation):
             raise ObservationError("obs", f"must be a stepspec.Observation, got {type(obs).__name__}")
         for name in sorted(self.needs):
@@ -340,11 +574,15 @@ class Optimizer(abc.ABC):
                     name, f"{self.algo} needs Observation.{name} (spec/formalism.md#observation); it is None"
                 )
         grad, _ = as_leaves("grad", obs.grad, ObservationError, self.dtype, structure)
-        params = None
+        params = loss = None
         if "params" in self.needs:
             params, _ = as_leaves("params", obs.params, ObservationError, self.dtype, structure)
             params = structure.unflatten(params)
-        return structure.unflatten(grad), params
+        if "loss" in self.needs:
+            (loss,), _ = as_leaves("loss", [obs.loss], ObservationError, self.dtype)
+            if loss.shape != ():
+                raise ObservationError("loss", f"must have shape (), got {tuple(loss.shape)}")
+        return StepInput(structure.unflatten(grad), params, loss)
 
 
 def hyperparameters(algo: str, **values) -> dict:

@@ -10,7 +10,6 @@ every t in either precision (−inf for β = 0, where the correction is 1).
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -24,8 +23,9 @@ def _needs_params(weight_decay: float) -> frozenset:
     return frozenset({"grad", "params"}) if weight_decay != 0 else frozenset({"grad"})
 
 
-def _log(beta: float) -> float:
-    return math.log(beta) if beta > 0 else -math.inf
+def _log(beta):
+    """log β, −inf at β = 0 (where the bias correction is 1); traceable, for hyperparameters injected as arrays."""
+    return jnp.log(beta)
 
 
 def _map(function, *trees):
@@ -56,11 +56,12 @@ class SGD(Optimizer):
         return self.as_scalars(lr=self.lr)
 
     @staticmethod
-    def step_F(scalars, static, state, grad, params):
+    def step_F(scalars, static, state, step):
         return state  # (C1) S_t = S_{t-1}
 
     @staticmethod
-    def step_G(scalars, static, state, grad, params):
+    def step_G(scalars, static, state, step):
+        grad = step.grad
         return _map(lambda g: -scalars["lr"] * g, grad)  # (C2)
 
 
@@ -80,11 +81,12 @@ class Momentum(Optimizer):
         return self.as_scalars(lr=self.lr, beta=self.beta)
 
     @staticmethod
-    def step_F(scalars, static, state, grad, params):
+    def step_F(scalars, static, state, step):
+        grad = step.grad
         return MomentumState(m=_map(lambda m, g: scalars["beta"] * m + g, state.m, grad))  # (C3)
 
     @staticmethod
-    def step_G(scalars, static, state, grad, params):
+    def step_G(scalars, static, state, step):
         return _map(lambda m: -scalars["lr"] * m, state.m)  # (C4)
 
 
@@ -92,7 +94,8 @@ class NAG(Momentum):
     algo = "nag"
 
     @staticmethod
-    def step_G(scalars, static, state, grad, params):
+    def step_G(scalars, static, state, step):
+        grad = step.grad
         lr, beta = scalars["lr"], scalars["beta"]
         return _map(lambda g, m: -lr * (g + beta * m), grad, state.m)  # (C5)
 
@@ -137,7 +140,8 @@ class Adam(Optimizer):
             raise StateError("step", "G is defined on S_t for t ≥ 1 (bias correction 1 − β^0 = 0); apply F first")
 
     @staticmethod
-    def step_F(scalars, static, state, grad, params):
+    def step_F(scalars, static, state, step):
+        grad, params = step.grad, step.params
         (decoupled,) = static
         s = scalars
         g = grad if decoupled else _decayed(grad, params, s["weight_decay"])
@@ -148,7 +152,8 @@ class Adam(Optimizer):
         )
 
     @staticmethod
-    def step_G(scalars, static, state, grad, params):
+    def step_G(scalars, static, state, step):
+        params = step.params
         (decoupled,) = static
         s = scalars
         bias1 = -jnp.expm1(state.step * s["log_beta1"])  # (C9) 1 − β1^t
@@ -185,13 +190,15 @@ class RMSprop(Optimizer):
         )
 
     @staticmethod
-    def step_F(scalars, static, state, grad, params):
+    def step_F(scalars, static, state, step):
+        grad, params = step.grad, step.params
         s = scalars
         g = _decayed(grad, params, s["weight_decay"])
         return RMSpropState(v=_map(lambda v, g: s["alpha"] * v + s["one_minus_alpha"] * g * g, state.v, g))  # (C13)
 
     @staticmethod
-    def step_G(scalars, static, state, grad, params):
+    def step_G(scalars, static, state, step):
+        grad, params = step.grad, step.params
         s = scalars
         g = _decayed(grad, params, s["weight_decay"])
         return _map(lambda g, v: -s["lr"] * g / (jnp.sqrt(v) + s["eps"]), g, state.v)  # (C14)
@@ -225,7 +232,8 @@ class Lion(Optimizer):
         )
 
     @staticmethod
-    def step_F(scalars, static, state, grad, params):
+    def step_F(scalars, static, state, step):
+        grad = step.grad
         s = scalars
         return LionState(
             m=_map(lambda m, g: s["beta2"] * m + s["one_minus_beta2"] * g, state.m, grad),  # (C16)
@@ -233,7 +241,8 @@ class Lion(Optimizer):
         )
 
     @staticmethod
-    def step_G(scalars, static, state, grad, params):
+    def step_G(scalars, static, state, step):
+        params = step.params
         s = scalars
         if params is None:
             return _map(lambda c: -s["lr"] * jnp.sign(c), state.c)  # (C17), λ = 0
