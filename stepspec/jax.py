@@ -35,6 +35,8 @@ class SweepResult(NamedTuple):
     """(settings, steps + 1): f(θ_0), …, f(θ_T); a diverged run shows inf or NaN from its divergence on."""
     params: Any
     """θ_T of every setting: the parameters' pytree with a leading settings axis on each leaf."""
+    compilations: int
+    """Programs traced and compiled for the call: 1."""
 
 
 def _settings(grid: Mapping[str, Sequence]) -> list[dict]:
@@ -79,7 +81,11 @@ def sweep(
         theta0 = structure.unflatten(leaves)
         scalars = {name: jnp.stack([optimizer.scalars()[name] for optimizer in optimizers]) for name in first.scalars()}
 
+        traces = []
+
         def run(scalars):
+            traces.append(1)  # runs once per trace: jax.jit compiles what it traces
+
             def one_step(carry, _):
                 tree, params = carry
                 loss, grad = jax.value_and_grad(loss_fn)(params)
@@ -95,4 +101,4 @@ def sweep(
             return params, jnp.append(losses, loss_fn(params))
 
         params, losses = jax.jit(jax.vmap(run))(scalars)
-    return SweepResult(settings, np.asarray(losses), params)
+    return SweepResult(settings, np.asarray(losses), params, len(traces))

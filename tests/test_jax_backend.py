@@ -16,6 +16,12 @@ from stepspec import Observation  # noqa: E402
 from stepspec.backends.jax import ALGORITHMS, BACKEND, FLOAT32  # noqa: E402
 from stepspec.errors import ObservationError  # noqa: E402
 
+
+def _halving_rule(M, H, g):
+    """A jax-traceable memory rule for ``rllc`` with a hidden step counter (one object: the rule is compiled in)."""
+    return 0.5 * M + g[:, None] * jnp.array([1.0, -0.5]), H + 1.0
+
+
 SETTINGS = {
     "sgd": [{"lr": 0.1}, {"lr": 0.02}],
     "momentum": [{"lr": 0.1, "beta": 0.9}, {"lr": 0.05, "beta": 0.5}],
@@ -24,6 +30,55 @@ SETTINGS = {
     "adamw": [{"lr": 0.1}, {"lr": 0.01, "betas": (0.0, 0.5), "eps": 1e-3, "weight_decay": 0.5}],
     "rmsprop": [{"lr": 0.1}, {"lr": 0.01, "alpha": 0.5}],
     "lion": [{"lr": 0.1}, {"lr": 0.01, "betas": (0.5, 0.9)}],
+    "rllc": [
+        {"rule": _halving_rule, "c1": 0.1, "c2": 0.05, "L0": [0.1, 0.2], "H0": 0.0},
+        {"rule": _halving_rule, "c1": 0.02, "c2": 0.0, "L0": [0.3, -0.1], "eps": 0.0, "H0": 2.0},
+    ],
+    "lm_rllc": [
+        {"B": np.diag([0.9, 0.0]), "a": [1.0, 1.0], "c1": 0.1},
+        {"B": np.diag([0.5, 0.0]), "a": [0.5, 2.0], "c1": 0.02, "c2": 0.1, "L0": [0.2, 0.1], "eps": 0.0},
+    ],
+    "linear_memory": [
+        {"B": np.diag([0.9, 0.0]), "a": [1.0, 1.0], "L": [0.09, 0.1]},
+        {"B": np.diag([0.3, 0.0]), "a": [2.0, 0.5], "L": [0.01, -0.02]},
+    ],
+    "idbd": [{"alpha0": 0.05, "eta": 0.01}, {"alpha0": 0.2, "eta": 0.0}],
+    "idbd_nonlinear": [{"alpha0": 0.05, "eta": 0.01}, {"alpha0": 0.2, "eta": 0.0}],
+    "hypergradient": [
+        {"base": "sgd", "alpha0": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+        {"base": "sgd", "alpha0": 0.0, "hypergradient_lr": 0.0, "momentum": 0.5, "nesterov": True, "weight_decay": 1.0},
+    ],
+    "trainable_optimizer": [{"lr": 0.1, "lr_A": 0.01}, {"lr": 0.5, "lr_A": 0.0, "lr_b": 0.3, "lr_decay": 0.9}],
+    "diagonal_to": [
+        {"lr": 0.1, "lr_a": 0.01, "radius": 3.0},
+        {"lr": 0.5, "lr_a": 0.02, "lr_b": 0.3, "lr_opt_decay": 0.9, "radius": 0.5},
+    ],
+    "rank_one_to": [{"lr": 0.1, "lr_uv": 0.01}, {"lr": 0.5, "lr_uv": 0.02, "lr_b": 0.3, "lr_decay": 0.95}],
+    "metaoptimize": [
+        {"base": "adamw", "meta": "adam", "alpha0": 0.01, "kappa": 0.1},
+        {
+            "base": "adamw",
+            "meta": "adam",
+            "alpha0": 0.003,
+            "eta": 0.01,
+            "gamma": 0.9,
+            "rho": 0.5,
+            "lam": 0.9,
+            "kappa": 0.2,
+            "eps": 1e-6,
+            "meta_rho": 0.5,
+            "meta_kappa": 0.1,
+            "meta_eps": 1e-4,
+        },
+    ],
+    "elra": [
+        {"crop": 2.0, "warmup_steps": 2, "batch_control": True, "period": 2, "gradient_decay": True},
+        {"lr": 0.01, "correction": "none", "max_ratio": 10.0, "retrace": False, "initial_multiple": 2},
+    ],
+    "elra_lean": [
+        {"crop": 2.0, "warmup_steps": 2, "batch_control": True, "period": 2, "weight_decay": 0.999},
+        {"lr": 0.01, "correction": "none", "max_ratio": 10.0, "initial_retrace": False, "gradient_decay": True},
+    ],
 }
 """Two settings per algorithm that differ in every value but not in what is compiled in (weight decay on
 or off)."""
@@ -51,11 +106,21 @@ def _counted(algo: str):
     return construct, counts
 
 
+def _hvp(optimizer) -> dict:
+    """For the algorithms that observe ∇²f v: the product 2v (these runs test the program, not a loss's values)."""
+    return {"hvp": lambda v: jax.tree_util.tree_map(lambda x: 2 * x, v)} if "hvp" in optimizer.needs else {}
+
+
+def _loss(optimizer, t: int) -> dict:
+    """For the algorithms that observe f: a loss that rises every other step (ELRA's retrace then fires)."""
+    return {"loss": 2.0 + (-1.0) ** t} if "loss" in optimizer.needs else {}
+
+
 def _run(optimizer, backend, theta, steps: int):
     s = optimizer.init(theta)
     for t in range(steps):
         grad = jax.tree_util.tree_map(lambda x, t=t: backend.asarray(np.cos(np.asarray(x) + t)), theta)
-        obs = Observation(grad=grad, params=theta)
+        obs = Observation(grad=grad, params=theta, **_hvp(optimizer), **_loss(optimizer, t))
         s = optimizer.F(s, obs)
         theta = jax.tree_util.tree_map(lambda x, d: x + d, theta, optimizer.G(s, obs))
     return s, theta
@@ -94,7 +159,7 @@ def test_a_nan_gradient_is_rejected_on_the_host_before_tracing(algo):
     bad = [BACKEND.asarray(np.ones((2, 2))), BACKEND.asarray(np.array([1.0, np.nan, 1.0]))]
     for call in (optimizer.F, optimizer.G):
         with pytest.raises(ObservationError, match="flat index 5") as raised:
-            call(s, Observation(grad=bad, params=theta))
+            call(s, Observation(grad=bad, params=theta, **_hvp(optimizer), **_loss(optimizer, 0)))
         assert raised.value.param == "grad"
     assert counts == {}, "a compiled step was traced for a rejected observation"
     assert all(np.array_equal(before[name], value) for name, value in s.fields().items())

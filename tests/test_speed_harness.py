@@ -59,7 +59,7 @@ def test_jax_rows_compile_once(tmp_path):
         "--algorithms",
         "adam",
         "--implementations",
-        "torch.optim fused,stepspec jax,stepspec optax (jit),optax (jit)",
+        "stepspec jax,stepspec optax (jit),optax (jit)",
         "--out",
         str(tmp_path),
     ]

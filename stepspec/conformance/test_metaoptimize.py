@@ -608,15 +608,15 @@ def test_surrogate_gradient_full_is_not_exact(backend, record, base, seed):
 # --------------------------------------------------------------------------- robustness (Fig. 2 at toy scale)
 
 ROBUSTNESS_BUDGET_FACTOR = {
-    "quadratic": {"float64": 1.5, "float32": 3.2},
+    "quadratic": {"float64": 1.5, "float32": None},
     "logistic": {"float64": 10.0, "float32": 10.0},
 }
 """spec/convergence.md#metaoptimize: steps allowed, as a multiple of the best fixed step size's, by problem and
-precision: about 1.5× the worst ratio measured with the reference in that precision (quadratic 1.01 in float64,
-2.13 in float32; logistic 6.3 in both). On the quadratic the
-learned α overshoots the stability bound and ‖θ − θ*‖ passes through 5e8–2e13; in float32 the rounding of that
-excursion (u·‖θ − θ*‖ up to 300) re-seeds the slow modes, which then converge again: 1.52–2.13× SGD's steps,
-against 1.00–1.01× in float64 (spec/metaoptimize.md#float32)."""
+precision: about 1.5× the worst ratio measured with the reference in that precision (quadratic 1.01 in float64;
+logistic 6.3 in both). On the quadratic the learned α overshoots the stability bound and ‖θ − θ*‖ passes through
+5e8–2e13; in float32 that excursion takes `meta_v` to 1e34–1e38, where an overflow (meta step 0 from then on,
+α stuck above 2/L, divergence) depends on the run's rounding: None, no float32 statement
+(spec/metaoptimize.md#float32)."""
 
 
 @pytest.mark.algo(MO)
@@ -624,12 +624,15 @@ against 1.00–1.01× in float64 (spec/metaoptimize.md#float32)."""
 def test_robust_to_small_initial_step(backend, record, problem_name):
     """From α₀ = 0.01/L, 100× below the best fixed step size 1/L, metaoptimize(sgd, adam, η = 0.03) reaches the
     relative suboptimality 1e-8 from every start within a factor of the steps SGD at 1/L needs (float64
-    reference): 1.5 on the quadratic in float64, 3.2 in float32 (the excursion's rounding, above), 10 on logistic
-    regression in both."""
+    reference): 1.5 on the quadratic in float64, 10 on logistic regression in both precisions. The quadratic
+    is not a float32 case: its excursion takes `meta_v` to the edge of float32's range, where whether it
+    overflows depends on rounding (spec/metaoptimize.md#float32)."""
     from .convergence import START_SEEDS, TOLERANCE, problem
 
     f = problem(problem_name)
     factor = ROBUSTNESS_BUDGET_FACTOR[problem_name][backend.dtype]
+    if factor is None:
+        pytest.skip(f"{problem_name}: not stated in {backend.dtype} (spec/metaoptimize.md#float32)")
     hp = {"base": "sgd", "meta": "adam", "alpha0": 0.01 / f.smoothness, "eta": 0.03}
     ctx = Context(MO, f"robust_to_small_initial_step[{problem_name}]", hp)
     for seed in START_SEEDS:

@@ -15,8 +15,12 @@ import jax
 import numpy as np
 
 from ... import __version__
-from . import classical
+from . import classical, elra, rllc
+from . import trainable_optimizer as to
 from ._core import DTYPES, precision
+from .hypergradient import hypergradient
+from .idbd import idbd, idbd_nonlinear
+from .metaoptimize import metaoptimize
 
 ALGORITHMS: dict[str, Callable] = {
     "sgd": classical.sgd,
@@ -26,6 +30,18 @@ ALGORITHMS: dict[str, Callable] = {
     "adamw": classical.adamw,
     "rmsprop": classical.rmsprop,
     "lion": classical.lion,
+    "elra": elra.elra,
+    "elra_lean": elra.elra_lean,
+    "rllc": rllc.rllc,
+    "lm_rllc": rllc.lm_rllc,
+    "linear_memory": rllc.linear_memory,
+    "trainable_optimizer": to.trainable_optimizer,
+    "diagonal_to": to.diagonal_to,
+    "rank_one_to": to.rank_one_to,
+    "idbd": idbd,
+    "idbd_nonlinear": idbd_nonlinear,
+    "hypergradient": hypergradient,
+    "metaoptimize": metaoptimize,
 }
 """Algorithm id → constructor taking the spec's hyperparameters and, keyword-only, ``dtype``."""
 

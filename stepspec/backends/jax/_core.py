@@ -48,6 +48,16 @@ def precision(dtype: str):
     return jax.enable_x64(dtype == "float64")
 
 
+def log(x):
+    """log x for a hyperparameter-derived constant: computed on the host in float64 (−inf at 0) when x is a
+    number, then rounded once to the working precision by ``as_scalars``, so float32 does not take the log of
+    a rounded x (log of float32(0.999) is off by 1.3e-5 relative in 1 − β); ``jnp.log`` when x is traced (a
+    hyperparameter injected by optax)."""
+    if isinstance(x, (int, float, np.integer, np.floating)):
+        return math.log(x) if x > 0 else -math.inf
+    return jnp.log(x)
+
+
 # --------------------------------------------------------------------------- the reduction
 
 
@@ -365,15 +375,42 @@ def _call_host(kind: str, token, *vectors):
     the compiled program with its class intact."""
     entry = _HOST_OBSERVATIONS[int(token)]
     obs, structure, _ = entry
+    wide = structure.dtype == "float64"
     try:
         with precision(structure.dtype):
-            args = [structure.unflatten(jnp.asarray(leaf) for leaf in leaves) for leaves in vectors]
+            args = [
+                structure.unflatten(
+                    jnp.asarray(_host_from_wire(leaf) if wide else leaf) for leaf in jax.tree_util.tree_leaves(vector)
+                )
+                for vector in vectors
+            ]
             result, _ = as_leaves(kind, getattr(obs, kind)(*args), ObservationError, structure.dtype, structure)
-        return [np.asarray(leaf) for leaf in result]
+        result = [np.asarray(leaf) for leaf in result]
     except Exception as exc:
         if entry[2] is None:
             entry[2] = exc
-        return [np.zeros(shape, DTYPES[structure.dtype]) for shape in structure.shapes]
+        result = [np.zeros(shape, DTYPES[structure.dtype]) for shape in structure.shapes]
+    return [_host_to_wire(leaf) for leaf in result] if wide else result
+
+
+def _to_wire(x: jax.Array) -> jax.Array:
+    """A float64 array as the uint32 pairs of its bits, (*shape, 2); other dtypes as they are. jax converts a
+    callback's float64 operands and results to float32 when the thread XLA runs it on (a worker thread, for a
+    callback inside a loop scheduled beside other work) does not have x64 enabled; 32-bit words pass
+    unchanged on any thread."""
+    return jax.lax.bitcast_convert_type(x, jnp.uint32) if x.dtype == jnp.float64 else x
+
+
+def _from_wire(x: jax.Array, dtype) -> jax.Array:
+    return jax.lax.bitcast_convert_type(x, jnp.float64) if dtype == jnp.float64 else x
+
+
+def _host_from_wire(words) -> np.ndarray:
+    return np.array(words, order="C").view(np.float64)[..., 0]
+
+
+def _host_to_wire(values) -> np.ndarray:
+    return np.array(values, np.float64, order="C")[..., None].view(np.uint32)
 
 
 class HostProducts:
@@ -382,10 +419,12 @@ class HostProducts:
 
     @staticmethod
     def _product(kind, token, *vectors):
-        shapes = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in jax.tree_util.tree_leaves(vectors[0])]
+        like = jax.tree_util.tree_leaves(vectors[0])
+        shapes = [jax.eval_shape(_to_wire, leaf) for leaf in like]
         treedef = jax.tree_util.tree_structure(vectors[0])
-        leaves = jax.pure_callback(lambda token, *vectors: _call_host(kind, token, *vectors), shapes, token, *vectors)
-        return jax.tree_util.tree_unflatten(treedef, leaves)
+        wired = jax.tree_util.tree_map(_to_wire, vectors)
+        leaves = jax.pure_callback(lambda token, *vectors: _call_host(kind, token, *vectors), shapes, token, *wired)
+        return jax.tree_util.tree_unflatten(treedef, [_from_wire(x, leaf.dtype) for x, leaf in zip(leaves, like)])
 
     def hvp(self, token, v):
         return self._product("hvp", token, v)
@@ -479,7 +518,7 @@ class Optimizer(abc.ABC):
             step = self.check_observation(obs, state.structure)
             self.check_F(state, step)
             tree = call_compiled(
-                self._compiled_F, obs, state.structure, self.scalars(), self.static(), state.tree, step
+                self._compiled_F, obs, state.structure, self.host_scalars(), self.static(), state.tree, step
             )
             self.check_result(state, tree)
         return State(tree, state.structure, self.layouts)
@@ -490,7 +529,7 @@ class Optimizer(abc.ABC):
             step = self.check_observation(obs, state.structure)
             self.check_G(state)
             return call_compiled(
-                self._compiled_G, obs, state.structure, self.scalars(), self.static(), state.tree, step
+                self._compiled_G, obs, state.structure, self.host_scalars(), self.static(), state.tree, step
             )
 
     def step(self, state: State, obs, params):
@@ -498,17 +537,21 @@ class Optimizer(abc.ABC):
         runs (``obs`` observed at ``params``)."""
         with precision(self.dtype):
             step = self.check_observation(obs, state.structure)
-            params, _ = as_leaves("params", params, ObservationError, self.dtype, state.structure)
+            if step.params is not None and obs.params is params:
+                params = step.params  # checked once, as the observation's
+            else:
+                leaves, _ = as_leaves("params", params, ObservationError, self.dtype, state.structure)
+                params = state.structure.unflatten(leaves)
             self.check_F(state, step)
             tree, params = call_compiled(
                 self._compiled_step,
                 obs,
                 state.structure,
-                self.scalars(),
+                self.host_scalars(),
                 self.static(),
                 state.tree,
                 step,
-                state.structure.unflatten(params),
+                params,
             )
             self.check_result(state, tree)
         return State(tree, state.structure, self.layouts), params
@@ -554,8 +597,22 @@ class Optimizer(abc.ABC):
         is left as it was. ``StateTree`` may carry such fields beside the spec's (``layouts`` names only
         the spec's)."""
 
+    @staticmethod
+    def step_ok(old_tree: NamedTuple, new_tree: NamedTuple) -> jax.Array:
+        """Whether F's step from ``old_tree`` is one the host would accept (``check_result``), as a traced
+        bool: the optax transformations, which cannot raise inside ``jax.jit``, skip a step that is not."""
+        return jnp.asarray(True)
+
     def check_G(self, state: State) -> None:  # noqa: B027 (most algorithms check nothing)
         """Host checks of the state G needs (Adam's t ≥ 1)."""
+
+    def host_scalars(self) -> dict:
+        """``scalars()`` made once per optimizer for the host calls: building a 0-d array is a dispatch of its
+        own (about 60 µs each, 80% of a host F + G for Adam before this cache)."""
+        cached = self.__dict__.get("_host_scalars")
+        if cached is None:
+            cached = self.__dict__["_host_scalars"] = self.scalars()
+        return cached
 
     def as_scalars(self, **values: float) -> dict:
         """Host floats as 0-d arrays of the working precision: traced, never compiled in."""

@@ -16,16 +16,11 @@ import jax
 import jax.numpy as jnp
 
 from ...errors import StateError
-from ._core import COUNTER, PARAM, Optimizer, hyperparameters
+from ._core import COUNTER, PARAM, Optimizer, hyperparameters, log
 
 
 def _needs_params(weight_decay: float) -> frozenset:
     return frozenset({"grad", "params"}) if weight_decay != 0 else frozenset({"grad"})
-
-
-def _log(beta):
-    """log β, −inf at β = 0 (where the bias correction is 1); traceable, for hyperparameters injected as arrays."""
-    return jnp.log(beta)
 
 
 def _map(function, *trees):
@@ -126,8 +121,8 @@ class Adam(Optimizer):
             beta2=beta2,
             one_minus_beta1=1 - beta1,
             one_minus_beta2=1 - beta2,
-            log_beta1=_log(beta1),
-            log_beta2=_log(beta2),
+            log_beta1=log(beta1),
+            log_beta2=log(beta2),
             eps=self.eps,
             weight_decay=self.weight_decay,
         )
