@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from _digits_plot import plot
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -103,27 +104,6 @@ def train(name, make, x_train, y_train, x_test, y_test, epochs: int, seed: int) 
     return record
 
 
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, r in results.items():
-        left.semilogy(r["epochs"], r["train_loss"], label=name)
-        right.plot(r["epochs"], [100 * a for a in r["test_accuracy"]], label=name)
-    left.set(xlabel="epochs of training data", ylabel="training loss (cross-entropy)", title="Training loss")
-    right.set(xlabel="epochs of training data", ylabel="test accuracy (%)", title="Test accuracy")
-    right.set_ylim(80, 100)
-    for axis in (left, right):
-        axis.grid(alpha=0.3)
-    right.legend(loc="lower right", fontsize=8)
-    fig.suptitle("MLP 64-64-10 on scikit-learn's digits, stepspec.torch optimizers")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30)
@@ -138,7 +118,7 @@ def main(argv=None) -> dict:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "torch_digits.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot(results, args.out / "torch_digits.png")
+    plot(results, args.out / "torch_digits.png", "MLP 64-64-10 on scikit-learn's digits, stepspec.torch optimizers")
     print(f"wrote {args.out / 'torch_digits.json'} and {args.out / 'torch_digits.png'}")
     for name, r in results.items():
         print(

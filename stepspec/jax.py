@@ -21,9 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .backends.jax import ALGORITHMS
-from .backends.jax._core import StepInput, as_leaves, precision
+from .backends.jax._core import StepInput, as_leaves, precision, traced_products
 from .errors import HyperparameterError, StateError
-from .optax import _products
 
 
 class SweepResult(NamedTuple):
@@ -93,7 +92,7 @@ def sweep(
                     grad,
                     params if "params" in needs else None,
                     loss if "loss" in needs else None,
-                    _products(loss_fn, params, None, None),
+                    traced_products(loss_fn, params, None, None),
                 )
                 return cls.pure_step(scalars, static, tree, step, params), loss
 

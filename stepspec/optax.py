@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import optax
 
 from .backends.jax import ALGORITHMS
-from .backends.jax._core import Optimizer, StepInput, Structure, TracedProducts
+from .backends.jax._core import Optimizer, StepInput, Structure, traced_products
 
 
 class StepspecState(NamedTuple):
@@ -77,23 +77,6 @@ def _all_finite(*trees) -> jax.Array:
     return jnp.isfinite(sum(sums)) if sums else jnp.asarray(True)
 
 
-def _products(value_fn: Callable | None, params, hvp_fn: Callable | None, third_fn: Callable | None):
-    """The curvature products at ``params``: the caller's, else derived from ``value_fn`` by autodiff."""
-    if value_fn is not None:
-        grad_fn = jax.grad(value_fn)
-        if hvp_fn is None:
-
-            def hvp_fn(v):
-                return jax.jvp(grad_fn, (params,), (v,))[1]
-
-        if third_fn is None:
-
-            def third_fn(u, v):
-                return jax.jvp(lambda p: jax.jvp(grad_fn, (p,), (u,))[1], (params,), (v,))[1]
-
-    return TracedProducts(hvp_fn, third_fn)
-
-
 def transformation(optimizer: Optimizer) -> optax.GradientTransformationExtraArgs:
     """``optimizer`` (a jax backend optimizer) as an optax transformation; see the module's docstring."""
     cls, static, needs = type(optimizer), optimizer.static(), optimizer.needs
@@ -125,7 +108,7 @@ def transformation(optimizer: Optimizer) -> optax.GradientTransformationExtraArg
             updates,
             params if "params" in needs else None,
             loss,
-            _products(value_fn, params, hvp_fn, third_fn),
+            traced_products(value_fn, params, hvp_fn, third_fn),
         )
         inner = cls.step_F(scalars, static, state.inner, step)
         delta = cls.step_G(scalars, static, inner, step)

@@ -362,6 +362,24 @@ class TracedProducts:
         return self.third_fn(u, v)
 
 
+def traced_products(value_fn: Callable | None, params, hvp_fn: Callable | None, third_fn: Callable | None):
+    """The curvature products at ``params`` for a step traced by the caller (optax, a sweep): the given
+    ``hvp_fn`` / ``third_fn``, else ∇²f v and ∇³f[u, v] of ``value_fn`` by forward-over-reverse differentiation."""
+    if value_fn is not None:
+        grad_fn = jax.grad(value_fn)
+        if hvp_fn is None:
+
+            def hvp_fn(v):
+                return jax.jvp(grad_fn, (params,), (v,))[1]
+
+        if third_fn is None:
+
+            def third_fn(u, v):
+                return jax.jvp(lambda p: jax.jvp(grad_fn, (p,), (u,))[1], (params,), (v,))[1]
+
+    return TracedProducts(hvp_fn, third_fn)
+
+
 _HOST_OBSERVATIONS: dict[int, list] = {}
 """token → [observation, structure, the first exception its products raised (None)]."""
 _TOKENS = itertools.count()

@@ -22,14 +22,14 @@ forms, not a wider accumulator, are what keeps a step within the tolerance polic
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...errors import HyperparameterError, ObservationError, StateError
+from ...errors import ObservationError, StateError
+from .. import _hyperparameters as checked
 from ._core import (
     COUNTER,
     COUNTER_DTYPE,
@@ -41,7 +41,6 @@ from ._core import (
     State,
     Structure,
     as_leaves,
-    hyperparameters,
     precision,
     reduce_sum,
 )
@@ -645,45 +644,6 @@ class LeanELRA(_ELRABase):
 # --------------------------------------------------------------------------- constructors (the spec's signatures)
 
 _NEEDS = frozenset({"grad", "params", "loss"})
-_FLAGS = ("retrace", "initial_retrace", "batch_control", "gradient_decay", "boost")
-_COUNTS = {"period": 1, "warmup_steps": 0, "initial_multiple": 1}  # integer hyperparameters and their minimum
-_AUTHORS_CODE_HAS_NONE_OF = {
-    "crop": None,
-    "warmup_steps": 0,
-    "batch_control": False,
-    "gradient_decay": False,
-    "weight_decay": 1.0,
-}
-"""Hyperparameter: its "off" value, which convention='authors_code' requires (spec/elra.md#authors-code)."""
-
-
-def _checked(algo: str, values: dict) -> dict:
-    """The spec table's domains, then what its prose states: switches, integers, the crop, α_0 in
-    [α_min, α_max], the floor below the crop and α_min below α_max."""
-    flags = {name: values.pop(name) for name in _FLAGS}
-    counts = {name: values.pop(name) for name in _COUNTS}
-    crop = values.pop("crop")
-    hp = hyperparameters(algo, **values)
-    for name, value in flags.items():
-        if not isinstance(value, bool):
-            raise HyperparameterError(name, f"must be True or False, got {value!r}")
-    for name, value in counts.items():
-        low = _COUNTS[name]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            raise HyperparameterError(name, f"must be an integer ≥ {low}, got {value!r}")
-    if crop is not None:
-        if isinstance(crop, bool) or not isinstance(crop, numbers.Real) or not (math.isfinite(crop) and crop > 0):
-            raise HyperparameterError("crop", f"must be None or a real number in (0, ∞), got {crop!r}")
-        crop = float(crop)
-        if hp["warmup_floor"] >= crop:
-            raise HyperparameterError("warmup_floor", f"must be below crop = {crop}: the floor and the crop contradict")
-    if hp["lr_min"] >= hp["lr_max"]:
-        raise HyperparameterError("lr_min", f"must be below lr_max = {hp['lr_max']}, got {hp['lr_min']}")
-    if not hp["lr_min"] <= hp["lr"] <= hp["lr_max"]:
-        raise HyperparameterError(
-            "lr", f"must lie in [lr_min, lr_max] = [{hp['lr_min']}, {hp['lr_max']}], got {hp['lr']}"
-        )
-    return {**hp, **flags, **{name: int(value) for name, value in counts.items()}, "crop": crop}
 
 
 def elra(
@@ -714,15 +674,7 @@ def elra(
         lr = AUTHORS_INITIAL_LR if convention == "authors_code" else PAPER_INITIAL_LR
     values = dict(locals())
     del values["dtype"]
-    hp = _checked("elra", values)
-    if hp["convention"] == "authors_code":
-        for name, off in _AUTHORS_CODE_HAS_NONE_OF.items():
-            if hp[name] != off:
-                raise HyperparameterError(
-                    name,
-                    f"convention='authors_code' reproduces the January-2024 code, which has no {name}: leave it at "
-                    f"{off!r} (spec/elra.md#authors-code)",
-                )
+    hp = checked.elra("elra", values)
     return ELRA(dtype, needs=_NEEDS, **hp)
 
 
@@ -750,4 +702,4 @@ def elra_lean(
     """ELRA's memory-lean form (paper 004, Sec. 3.6): one stored vector, x_{t−1}."""
     values = dict(locals())
     del values["dtype"]
-    return LeanELRA(dtype, needs=_NEEDS, **_checked("elra_lean", values))
+    return LeanELRA(dtype, needs=_NEEDS, **checked.elra("elra_lean", values))

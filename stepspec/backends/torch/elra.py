@@ -12,13 +12,13 @@ precision, as the spec's state table has them.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
-from ...errors import HyperparameterError, ObservationError, StateError
+from ...errors import ObservationError, StateError
+from .. import _hyperparameters as checked
 from . import _fused
-from ._core import COUNTER, HOST, PARAM, WHOLE, Layout, Optimizer, as_tensors, hyperparameters, reduce_sum
+from ._core import COUNTER, HOST, PARAM, WHOLE, Layout, Optimizer, as_tensors, reduce_sum
 
 # Which rule set α at the last step (state field ``limit``, spec/elra.md).
 NO_LIMIT, RATIO_CAP, CROP, WARMUP_FLOOR, ABSOLUTE_BOUND = range(5)
@@ -497,46 +497,6 @@ class LeanELRA(_ELRABase):
 
 # --------------------------------------------------------------------------- constructors (the spec's signatures)
 
-_FLAGS = ("retrace", "initial_retrace", "batch_control", "gradient_decay", "boost")
-_COUNTS = {"period": 1, "warmup_steps": 0, "initial_multiple": 1}  # integer hyperparameters and their minimum
-_AUTHORS_CODE_HAS_NONE_OF = {
-    "crop": None,
-    "warmup_steps": 0,
-    "batch_control": False,
-    "gradient_decay": False,
-    "weight_decay": 1.0,
-}
-"""Hyperparameter: its "off" value, which convention='authors_code' requires (spec/elra.md#authors-code)."""
-
-
-def _checked(algo: str, values: dict) -> dict:
-    """The spec table's domains, then what its prose states: switches, integers, the crop, α_0 in
-    [α_min, α_max], the floor below the crop and α_min below α_max."""
-    flags = {name: values.pop(name) for name in _FLAGS}
-    counts = {name: values.pop(name) for name in _COUNTS}
-    crop = values.pop("crop")
-    hp = hyperparameters(algo, **values)
-    for name, value in flags.items():
-        if not isinstance(value, bool):
-            raise HyperparameterError(name, f"must be True or False, got {value!r}")
-    for name, value in counts.items():
-        low = _COUNTS[name]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            raise HyperparameterError(name, f"must be an integer ≥ {low}, got {value!r}")
-    if crop is not None:
-        if isinstance(crop, bool) or not isinstance(crop, numbers.Real) or not (math.isfinite(crop) and crop > 0):
-            raise HyperparameterError("crop", f"must be None or a real number in (0, ∞), got {crop!r}")
-        crop = float(crop)
-        if hp["warmup_floor"] >= crop:
-            raise HyperparameterError("warmup_floor", f"must be below crop = {crop}: the floor and the crop contradict")
-    if hp["lr_min"] >= hp["lr_max"]:
-        raise HyperparameterError("lr_min", f"must be below lr_max = {hp['lr_max']}, got {hp['lr_min']}")
-    if not hp["lr_min"] <= hp["lr"] <= hp["lr_max"]:
-        raise HyperparameterError(
-            "lr", f"must lie in [lr_min, lr_max] = [{hp['lr_min']}, {hp['lr_max']}], got {hp['lr']}"
-        )
-    return {**hp, **flags, **{name: int(value) for name, value in counts.items()}, "crop": crop}
-
 
 def elra(
     lr=None,
@@ -567,15 +527,7 @@ def elra(
         lr = AUTHORS_INITIAL_LR if convention == "authors_code" else PAPER_INITIAL_LR
     values = dict(locals())
     del values["dtype"], values["device"]
-    hp = _checked("elra", values)
-    if hp["convention"] == "authors_code":
-        for name, off in _AUTHORS_CODE_HAS_NONE_OF.items():
-            if hp[name] != off:
-                raise HyperparameterError(
-                    name,
-                    f"convention='authors_code' reproduces the January-2024 code, which has no {name}: leave it at "
-                    f"{off!r} (spec/elra.md#authors-code)",
-                )
+    hp = checked.elra("elra", values)
     return ELRA(dtype, device, **hp)
 
 
@@ -604,7 +556,7 @@ def elra_lean(
     """ELRA's memory-lean form (paper 004, Sec. 3.6): one stored vector, x_{t−1}."""
     values = dict(locals())
     del values["dtype"], values["device"]
-    return LeanELRA(dtype, device, **_checked("elra_lean", values))
+    return LeanELRA(dtype, device, **checked.elra("elra_lean", values))
 
 
 # --------------------------------------------------------------------------- the fast path (spec/backends.md#compiled)

@@ -28,7 +28,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ...errors import HyperparameterError, StateError
-from ...reference.metaoptimize import AUTHORS_CODE_EPS, PAPER_EPS
+from .. import _hyperparameters as checked
 from . import _fused
 from ._core import (
     COUNTER,
@@ -40,7 +40,6 @@ from ._core import (
     Structure,
     as_tensors,
     dots,
-    hyperparameters,
     reduce_sum,
 )
 from .idbd import hessian_diagonal
@@ -858,50 +857,30 @@ def metaoptimize(
 ):
     """MetaOptimize (spec/metaoptimize.md#metaoptimize). ``eps`` and ``meta_eps`` default to the convention's:
     1e-8 (paper), 1e-10 (authors_code)."""
-    convention_eps = AUTHORS_CODE_EPS if convention == "authors_code" else PAPER_EPS
-    hp = hyperparameters(
-        "metaoptimize",
-        base=base,
-        meta=meta,
-        alpha0=alpha0,
-        eta=eta,
-        gamma=gamma,
-        sigma=sigma,
-        approximation=approximation,
-        hessian=hessian,
-        order=order,
-        convention=convention,
-        rho=rho,
-        lam=lam,
-        c=c,
-        kappa=kappa,
-        eps=convention_eps if eps is None else eps,
-        meta_rho=meta_rho,
-        meta_lam=meta_lam,
-        meta_c=meta_c,
-        meta_kappa=meta_kappa,
-        meta_eps=convention_eps if meta_eps is None else meta_eps,
+    hp, needs = checked.metaoptimize(
+        base,
+        meta,
+        alpha0,
+        eta,
+        gamma,
+        sigma,
+        approximation,
+        hessian,
+        clip_decay,
+        order,
+        convention,
+        rho,
+        lam,
+        c,
+        kappa,
+        eps,
+        meta_rho,
+        meta_lam,
+        meta_c,
+        meta_kappa,
+        meta_eps,
     )
-    if not isinstance(clip_decay, bool):
-        raise HyperparameterError("clip_decay", f"must be True or False, got {clip_decay!r}")
-    if clip_decay and hessian != "diagonal":
-        raise HyperparameterError("clip_decay", "clips IDBD's diagonal decay factor: it needs hessian='diagonal'")
-    if approximation == "full" and hessian == "diagonal":
-        raise HyperparameterError("hessian", "the full approximation needs the exact Hessian (or none: 'free')")
-    if order == "meta_first" and approximation == "full":
-        raise HyperparameterError("order", "meta_first is defined for the 2x2 and L approximations only")
-    if convention == "authors_code" and (approximation == "full" or hessian != "free" or order != "base_first"):
-        raise HyperparameterError(
-            "convention", "the authors' code is the Hessian-free 2x2 or L algorithm in Algorithm 1's order"
-        )
-    needs = {"grad"}
-    if kappa != 0:
-        needs.add("params")
-    if hessian != "free":
-        needs.add("hvp")
-        if approximation == "full":
-            needs.add("third")
-    return MetaOptimize(dtype, device, frozenset(needs), blocks=_check_blocks(blocks), clip_decay=clip_decay, **hp)
+    return MetaOptimize(dtype, device, needs, blocks=_check_blocks(blocks), clip_decay=clip_decay, **hp)
 
 
 # --------------------------------------------------------------------------- the fast path (spec/backends.md#compiled)
