@@ -21,8 +21,11 @@ Implementations are the entries of IMPLEMENTATIONS: torch.optim's for-loop, fore
 (and lion-pytorch for Lion) are the reference points; stepspec's are judged against them by TARGETS (issue
 11's targets). The jax backend's step and optax's under ``jax.jit`` run on CPU in float32, their ratios to
 torch for information, their compilations counted (no memory figures: the allocator records see torch's
-tensors only); a later backend (cupy) adds an entry. Prints progress, a table of ratios and the targets;
-writes speed-<device>.json and the log-log plot speed-<device>.png to --out.
+tensors only). The array-API backend's step runs on NumPy on the CPU (no speed target there, recorded for
+information) and on CuPy on CUDA, its elementwise passes fused (issue 13's targets, CUPY_TARGETS and
+BANDWIDTH_TARGET). Every row reports the fraction of the device's measured copy bandwidth its step
+reaches, counting the bytes spec/backends.md#bytes says the step must move. Prints progress, a table of
+ratios and the targets; writes speed-<device>.json and the log-log plot speed-<device>.png to --out.
 """
 
 from __future__ import annotations
@@ -113,6 +116,13 @@ TARGETS = (
 )
 JAX_TARGETS = tuple(Target(t.algo, t.bound, t.peer_algo, "optax (jit)") for t in TARGETS)
 """Issue 12: the same bounds for the jax backend, against optax's equivalent under ``jax.jit``."""
+CUPY_TARGETS = (Target("lm_rllc", 1.6, "momentum", "torch.optim fused"),)
+"""Issue 13: on the same GPU, LM-RLLC (k = 2) at most 1.6× torch's fused SGD-momentum, cost linear in n."""
+BANDWIDTH_TARGET, BANDWIDTH_FROM = 0.7, 10**7
+BANDWIDTH_ALGORITHMS = ("sgd", "momentum", "nag", "adam", "adamw", "rmsprop", "lion", "lm_rllc")
+BANDWIDTH_IMPLEMENTATIONS = ("stepspec cupy", "stepspec compiled")
+"""Issue 13: on CUDA, from n = 1e7, the classical and LM-RLLC steps of the cupy backend and of the torch
+backend's compiled path reach at least 70% of the measured copy bandwidth."""
 SPEED_FROM = 10**6  # the speed targets hold from this n
 OVERHEAD_N, OVERHEAD_TENSORS, OVERHEAD_BOUND = 10**3, 100, 2.0  # ≤ 2× torch.optim foreach at 1e3 in 100 tensors
 LINEAR_FROM, LINEAR_SLACK = 10**4, 0.1  # log-log slope from 1e4 at most the reference's + 0.1
@@ -231,6 +241,25 @@ def stepspec_functional(compiled: bool) -> Callable:
     return build
 
 
+def functional_step(optimizer, params, grads, synchronize: Callable) -> Callable[[], None]:
+    """A step of a backend's ``optimizer.step(state, obs, params) -> (state, params)`` on a fixed gradient,
+    the loss falling (so ELRA never retraces), then ``synchronize(params)`` waits for the device."""
+    state = optimizer.init(params)
+    steps = itertools.count(1)
+
+    def step():
+        nonlocal state, params
+        observation = Observation(
+            grad=grads,
+            params=params if "params" in optimizer.needs else None,
+            loss=1.0 / next(steps) if "loss" in optimizer.needs else None,
+        )
+        state, params = optimizer.step(state, observation, params)
+        synchronize(params)
+
+    return step
+
+
 def jax_arrays(tensors: list) -> list | None:
     """CPU float32 torch tensors as jax arrays (copied through NumPy) on jax's default device, or None
     elsewhere: the jax rows are float32 on CPU. Left uncommitted, as jnp.asarray makes them, so that the
@@ -262,21 +291,8 @@ def stepspec_jax(workload, params, grads):
     optimizer = constructor(**workload.hyperparameters, dtype="float32")
     if optimizer.needs - {"grad", "params", "loss"}:
         return None  # curvature products need a model, not a gradient stream
-    state = optimizer.init(params)
     compilations = cache_sizes(type(optimizer)._compiled_step)
-    steps = itertools.count(1)
-
-    def step():
-        nonlocal state, params
-        observation = Observation(
-            grad=grads,
-            params=params if "params" in optimizer.needs else None,
-            loss=1.0 / next(steps) if "loss" in optimizer.needs else None,  # a falling loss: no retraces
-        )
-        state, params = optimizer.step(state, observation, params)
-        jax.block_until_ready(params)
-
-    return Stepper(step, compilations=compilations)
+    return Stepper(functional_step(optimizer, params, grads, jax.block_until_ready), compilations=compilations)
 
 
 def jitted_transformation(transformation, params, grads, with_loss: bool = False) -> Stepper:
@@ -343,6 +359,50 @@ def optax_jit(workload, params, grads):
     return None if transformation is None else jitted_transformation(transformation, params, grads)
 
 
+def stepspec_array_api(workload, params, grads):
+    """The array-API backend's ``optimizer.step`` (F, then θ + G in one fused pass per parameter): on NumPy
+    (``array_api_compat.numpy``) for CPU tensors, on CuPy for CUDA tensors (shared through DLPack), the
+    device synchronised inside the step."""
+    from stepspec.backends.array_api import ALGORITHMS as ARRAY_API_ALGORITHMS
+    from stepspec.backends.array_api._core import Namespace
+
+    constructor = ARRAY_API_ALGORITHMS.get(workload.algo)
+    if constructor is None:
+        return None
+    dtype = str(params[0].dtype).removeprefix("torch.")
+    if params[0].device.type == "cuda":
+        import array_api_compat.cupy
+        import cupy
+
+        ns = Namespace(array_api_compat.cupy, dtype, kernels=cupy)
+        params, grads = [cupy.from_dlpack(t) for t in params], [cupy.from_dlpack(t) for t in grads]
+
+        def synchronize(_):
+            cupy.cuda.runtime.deviceSynchronize()
+
+    else:
+        import array_api_compat.numpy
+
+        ns = Namespace(array_api_compat.numpy, dtype)
+        params, grads = [t.numpy() for t in params], [t.numpy() for t in grads]
+
+        def synchronize(_):
+            return None  # NumPy computes synchronously
+
+    optimizer = constructor(**workload.hyperparameters, ns=ns)
+    if optimizer.needs - {"grad", "params", "loss"}:
+        return None  # curvature products need a model, not a gradient stream
+    return Stepper(functional_step(optimizer, params, grads, synchronize))
+
+
+def stepspec_cupy(workload, params, grads):
+    return stepspec_array_api(workload, params, grads) if params[0].device.type == "cuda" else None
+
+
+def stepspec_numpy_array_api(workload, params, grads):
+    return stepspec_array_api(workload, params, grads) if params[0].device.type == "cpu" else None
+
+
 IMPLEMENTATIONS = {
     i.name: i
     for i in (
@@ -355,6 +415,8 @@ IMPLEMENTATIONS = {
         Implementation("stepspec jax", False, stepspec_jax, framework="jax"),
         Implementation("stepspec optax (jit)", False, stepspec_optax, framework="jax"),
         Implementation("optax (jit)", True, optax_jit, framework="jax"),
+        Implementation("stepspec numpy-array-api", False, stepspec_numpy_array_api, framework="array-api"),
+        Implementation("stepspec cupy", False, stepspec_cupy, framework="cupy"),
     )
 }
 
@@ -444,6 +506,16 @@ def timed(function: Callable, device: torch.device, clock: Callable = time.perf_
     return clock() - start
 
 
+def copy_bandwidth(device: torch.device, dtype: torch.dtype, n: int) -> float:
+    """The device's copy bandwidth in GB/s: the best of 20 copies of n elements (n read, n written), the
+    speed of light any elementwise step can reach."""
+    source = torch.ones(n, dtype=dtype, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    best = min(timed(lambda: target.copy_(source), device) for _ in range(20))
+    return 2 * n * source.element_size() / best / 1e9
+
+
 def graphs_compiled() -> int:
     """Graphs torch.compile has compiled in this process so far."""
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
@@ -457,7 +529,9 @@ class Settings:
     warmup: int = 2
 
 
-def measure_case(workload, n, tensors, dtype, device, implementations, settings, traffic, profile) -> list[dict]:
+def measure_case(
+    workload, n, tensors, dtype, device, implementations, settings, traffic, profile, copy_gbs
+) -> list[dict]:
     """Every implementation on one (algorithm, n, layout): time, memory, traffic; one row each. Each case
     starts from empty compilation caches, as one training process with one model would: the variants of
     earlier cases would otherwise count against the passes' recompile limit (on-disk caches still apply)."""
@@ -536,6 +610,7 @@ def measure_case(workload, n, tensors, dtype, device, implementations, settings,
         }
         row = {
             "algorithm": workload.algo,
+            "device": str(device),
             "n": n,
             "tensors": tensors,
             "implementation": name,
@@ -555,6 +630,7 @@ def measure_case(workload, n, tensors, dtype, device, implementations, settings,
             "traffic_bytes": (model.reads + model.writes) * n * itemsize if model else None,
         }
         row["bandwidth_gbs"] = row["traffic_bytes"] / median / 1e9 if model else None
+        row["copy_bandwidth_fraction"] = row["bandwidth_gbs"] / copy_gbs if model else None
         rows.append(row)
         if profile and not implementation.peer and n >= SPEED_FROM:
             trace = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
@@ -618,16 +694,45 @@ def _slope(points) -> float | None:
 def evaluate_targets(rows) -> list[dict]:
     """Every target the run can judge, per stepspec implementation: speed (worst ratio from SPEED_FROM),
     per-step overhead, linearity and memory for torch (issue 11's TARGETS); speed and linearity for jax
-    against optax (issue 12's JAX_TARGETS)."""
+    against optax (issue 12's JAX_TARGETS); on CUDA, LM-RLLC of the cupy backend against torch's fused
+    momentum and the copy-bandwidth fractions (issue 13's CUPY_TARGETS and BANDWIDTH_TARGET)."""
     cells = _cells(rows)
     verdicts = []
-    for framework, targets in (("torch", TARGETS), ("jax", JAX_TARGETS)):
+    for framework, targets in (("torch", TARGETS), ("jax", JAX_TARGETS), ("cupy", CUPY_TARGETS)):
         ours = [
             name
             for name in dict.fromkeys(row["implementation"] for row in rows)
             if any(r["implementation"] == name and not r["peer"] and r["framework"] == framework for r in rows)
         ]
         verdicts += _verdicts(cells, targets, ours)
+    return verdicts + _bandwidth_verdicts(rows)
+
+
+def _bandwidth_verdicts(rows) -> list[dict]:
+    """The worst copy-bandwidth fraction from BANDWIDTH_FROM, per algorithm and implementation, on CUDA."""
+    verdicts = []
+    for algo, name in itertools.product(BANDWIDTH_ALGORITHMS, BANDWIDTH_IMPLEMENTATIONS):
+        mine = [
+            r
+            for r in rows
+            if r["algorithm"] == algo
+            and r["implementation"] == name
+            and r["n"] >= BANDWIDTH_FROM
+            and r.get("device", "").startswith("cuda")
+            and r["copy_bandwidth_fraction"] is not None
+        ]
+        if mine:
+            worst = min(mine, key=lambda r: r["copy_bandwidth_fraction"])
+            verdicts.append(
+                {
+                    "target": f"{algo}: ≥ {BANDWIDTH_TARGET:.0%} of the copy bandwidth from n = {BANDWIDTH_FROM:.0e}",
+                    "implementation": name,
+                    "value": worst["copy_bandwidth_fraction"],
+                    "bound": BANDWIDTH_TARGET,
+                    "where": f"n = {worst['n']:.0e}, {worst['tensors']} tensors",
+                    "met": worst["copy_bandwidth_fraction"] >= BANDWIDTH_TARGET,
+                }
+            )
     return verdicts
 
 
@@ -831,13 +936,15 @@ def main(argv=None) -> int:
         f"load average {load_before[0]:.2f} on {os.cpu_count()} cores",
         flush=True,
     )
+    copy_gbs = copy_bandwidth(device, dtype, 10**8 if device.type == "cuda" else 10**7)
+    print(f"copy bandwidth: {copy_gbs:.1f} GB/s", flush=True)
     rows, started = [], time.perf_counter()
     for algo in algos:
         for tensors, n in itertools.product(args.tensors, sizes):
             if n < 2 * tensors:
                 continue
             case = measure_case(
-                WORKLOADS[algo], n, tensors, dtype, device, implementations, settings, traffic, args.profile
+                WORKLOADS[algo], n, tensors, dtype, device, implementations, settings, traffic, args.profile, copy_gbs
             )
             if not case:
                 print(f"  {algo}: no implementation", flush=True)
@@ -859,7 +966,7 @@ def main(argv=None) -> int:
     print("\nTime per step, as a ratio to the fastest torch.optim variant of the same algorithm:\n")
     print("\n".join(ratio_table(rows)))
     verdicts = evaluate_targets(rows)
-    print("\nTargets (issue 11):\n")
+    print("\nTargets (issues 11–13):\n")
     print("\n".join(target_table(verdicts)))
     loaded = max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1)
     if loaded:
@@ -878,6 +985,7 @@ def main(argv=None) -> int:
         "device": str(device),
         "chunk": _fused.CHUNK,
         "clock": args.clock,
+        "copy_bandwidth_gbs": copy_gbs,
         "seconds": time.perf_counter() - started,
         "rows": rows,
         "targets": verdicts,

@@ -1,13 +1,19 @@
-"""The hyperparameter checks the backends share (torch, jax): the spec table's domains (``stepspec.spec``) and
-what the spec's prose adds for ELRA and MetaOptimize, written once for every backend. The reference keeps
-its own, next to the lines they guard, to be read with them."""
+"""The hyperparameter checks the backends share (torch, jax, array API): the spec table's domains
+(``stepspec.spec``) and what the spec's prose adds for ELRA, MetaOptimize, hypergradient descent, the RLLC family
+and the Trainable Optimizer, written once for every backend; where a backend must convert a value (its own
+arrays to the host, a centre to its own vector), it passes the conversion. The reference keeps its own, next to
+the lines they guard, to be read with them."""
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 
-from ..errors import HyperparameterError
+import numpy as np
+
+from .._core import as_real_array
+from ..errors import HyperparameterError, StateError
 from ..reference.metaoptimize import AUTHORS_CODE_EPS, PAPER_EPS
 from ..spec import check_hyperparameters
 
@@ -137,3 +143,145 @@ def metaoptimize(
         if approximation == "full":
             needs.add("third")
     return hp, frozenset(needs)
+
+
+# --------------------------------------------------------------------------- hypergradient (spec/hypergradient.md)
+
+
+def hypergradient(
+    base, alpha0, hypergradient_lr, betas, eps, convention, momentum, nesterov, weight_decay
+) -> tuple[dict, frozenset]:
+    """(the checked hyperparameters, nesterov among them; the observation fields the configuration needs)."""
+    hp = check_hyperparameters(
+        "hypergradient",
+        base=base,
+        alpha0=alpha0,
+        hypergradient_lr=hypergradient_lr,
+        betas=betas,
+        eps=eps,
+        convention=convention,
+        momentum=momentum,
+        weight_decay=weight_decay,
+    )
+    if not isinstance(nesterov, bool):
+        raise HyperparameterError("nesterov", f"must be True or False, got {nesterov!r}")
+    if base == "adam" and (momentum or nesterov):
+        name = "nesterov" if nesterov else "momentum"
+        raise HyperparameterError(name, "is an option of SGD-HD; Adam-HD's momentum is betas[0]")
+    if nesterov and not momentum:
+        raise HyperparameterError("nesterov", "Nesterov momentum needs momentum > 0 (as the authors' SGDHD requires)")
+    needs = frozenset({"grad", "params"}) if hp["weight_decay"] else frozenset({"grad"})
+    return {**hp, "nesterov": nesterov}, needs
+
+
+# --------------------------------------------------------------------------- the RLLC family (spec/rllc.md)
+# B, a and the laws are checked on the host in float64. ``to_host`` is the backend's conversion of its own arrays
+# (a tensor on a device, a namespace array) to a host array, returning any other value unchanged; without one,
+# NumPy reads the value as given (a jax array included).
+
+
+def _as_given(value):
+    return value
+
+
+def _host_array(name: str, value, to_host: Callable) -> np.ndarray:
+    """A real finite float64 array on the host, or HyperparameterError naming ``name``."""
+    return as_real_array(name, to_host(value), HyperparameterError, dtype=np.float64)
+
+
+def _host_vector(name: str, value, to_host: Callable, k: int | None = None) -> np.ndarray:
+    v = _host_array(name, value, to_host)
+    if v.ndim != 1:
+        raise HyperparameterError(name, f"must be a vector of shape (k,), got shape {v.shape}")
+    if k is not None and v.shape != (k,):
+        raise HyperparameterError(name, f"must have shape ({k},), got {v.shape}")
+    return v
+
+
+def _propagator(B, a, to_host: Callable) -> dict:
+    """(B, a) of eq. (1): B a real k×k matrix, k ≥ 1, with spectral radius ρ(B) < 1; a ∈ ℝ^k."""
+    B = _host_array("B", B, to_host)
+    if B.ndim != 2 or B.shape[0] != B.shape[1] or B.shape[0] == 0:
+        raise HyperparameterError("B", f"must be a square k×k matrix with k ≥ 1, got shape {B.shape}")
+    radius = float(np.max(np.abs(np.linalg.eigvals(B))))
+    if not radius < 1:
+        raise HyperparameterError(
+            "B", f"spectral radius ρ(B) = {radius:.6g} must be < 1, or the memory does not forget (spec/rllc.md)"
+        )
+    return {"B": B, "a": _host_vector("a", a, to_host, B.shape[0])}
+
+
+def _unit_gain(B: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """The default L0 of spec/rllc.md#lm_rllc: w/‖w‖² with w = (I − B)⁻ᵀa, the minimum-norm law whose
+    steady-state step under a constant gradient is −c1 g."""
+    w = np.linalg.solve(np.eye(len(a)) - B.T, a)
+    if not w @ w > 0:
+        raise HyperparameterError("L0", "the default unit-gain law is undefined for a = 0; pass L0")
+    return w / (w @ w)
+
+
+def rllc(rule, c1, c2, L0, eps, to_host: Callable = _as_given) -> dict:
+    """RLLC's rule (a callable), c1, c2, ε and L0 (k ≥ 1 entries; host float64), checked."""
+    if not callable(rule):
+        raise HyperparameterError("rule", f"must be callable U(M, H, g) -> (M', H'), got {type(rule).__name__}")
+    hp = check_hyperparameters("rllc", c1=c1, c2=c2, eps=eps)
+    L0 = _host_vector("L0", L0, to_host)
+    if L0.shape[0] == 0:
+        raise HyperparameterError("L0", "must have k ≥ 1 entries")
+    return {"L0": L0, **hp}
+
+
+def lm_rllc(B, a, c1, c2, L0, eps, to_host: Callable = _as_given) -> dict:
+    """LM-RLLC's B, a, c1, c2, ε and L0 checked (host float64 arrays); L0 None takes the unit-gain law."""
+    propagator = _propagator(B, a, to_host)
+    hp = check_hyperparameters("lm_rllc", c1=c1, c2=c2, eps=eps)
+    k = len(propagator["a"])
+    L0 = _unit_gain(**propagator) if L0 is None else _host_vector("L0", L0, to_host, k)
+    return {**propagator, "L0": L0, **hp}
+
+
+def linear_memory(B, a, L, to_host: Callable = _as_given) -> dict:
+    """The fixed-law optimizer's B, a and L checked (host float64 arrays)."""
+    propagator = _propagator(B, a, to_host)
+    return {**propagator, "L": _host_vector("L", L, to_host, len(propagator["a"]))}
+
+
+# --------------------------------------------------------------------------- TO (spec/trainable_optimizer.md)
+
+
+def projection(radius, center, flat_center: Callable) -> dict:
+    """The ball of (TO8): radius None (no projection) or in (0, ∞); center None (the origin) or, only with a
+    radius, ``flat_center(center)``: the backend's one vector from a vector or a structure shaped like the
+    parameters (raising HyperparameterError naming ``center`` on bad input)."""
+    if radius is not None:
+        if isinstance(radius, bool) or not isinstance(radius, numbers.Real):
+            raise HyperparameterError("radius", f"must be None or a real number in (0, ∞), got {radius!r}")
+        radius = float(radius)
+        if not (math.isfinite(radius) and radius > 0):
+            raise HyperparameterError("radius", f"must be None or a real number in (0, ∞), got {radius!r}")
+    if center is not None:
+        if radius is None:
+            raise HyperparameterError("center", "is the centre of the projection ball: it needs a radius")
+        center = flat_center(center)
+    return {"radius": radius, "center": center}
+
+
+STATE_BYTES_PER_ENTRY = 8
+"""``max_memory`` counts (n² + n) entries of 8 bytes in every precision, as the spec's formula does."""
+
+
+def check_full_state_size(n: int, max_memory) -> None:
+    """The full TO's n² + n state entries must fit in max_memory bytes (checked at init, as the reference does)."""
+    needed = (n * n + n) * STATE_BYTES_PER_ENTRY
+    if needed > max_memory:
+        raise StateError(
+            "theta0",
+            f"full TO with n = {n} needs (n² + n)·8 = {needed:,} bytes of state, above max_memory = "
+            f"{max_memory:,.0f}; use diagonal_to or rank_one_to (O(n) memory), or raise max_memory",
+        )
+
+
+def check_center(center, n: int) -> None:
+    """The centre (None: the origin) must have the parameters' n (checked at init, as the reference does)."""
+    if center is not None and center.shape[0] != n:
+        raise HyperparameterError("center", f"has shape {tuple(center.shape)}, but the parameters have n = {n}")

@@ -1,6 +1,6 @@
 """Resolve ``--backend`` (spec/conformance.md#backends), in this order:
 
-1. a built-in name (``reference``, ``reference-float32``, the torch backends, the peers of
+1. a built-in name (``reference``, ``reference-float32``, the torch, jax and array-API backends, the peers of
    ``stepspec.backends.peers``);
 2. an entry point in the group ``stepspec.backends`` declared by a third-party package;
 3. ``module:attribute`` (``package.module:attribute``), an object or a zero-argument factory; the current
@@ -32,6 +32,12 @@ BUILTIN = {
     "torch-cuda-float32": "stepspec.backends.torch:cuda_float32_backend",
     "jax": "stepspec.backends.jax:BACKEND",
     "jax-float32": "stepspec.backends.jax:FLOAT32",
+    "array-api-strict": "stepspec.backends.array_api:strict_backend",
+    "array-api-strict-float32": "stepspec.backends.array_api:strict_float32_backend",
+    "numpy-array-api": "stepspec.backends.array_api:numpy_backend",
+    "numpy-array-api-float32": "stepspec.backends.array_api:numpy_float32_backend",
+    "cupy": "stepspec.backends.array_api:cupy_backend",
+    "cupy-float32": "stepspec.backends.array_api:cupy_float32_backend",
 }
 ENTRY_POINT_GROUP = "stepspec.backends"
 ALIASES: dict[str, tuple[str, ...]] = dict(peers.ALIASES)

@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..._core import as_real_array
 from ...errors import HyperparameterError
-from ._core import DTYPES, WHOLE, Columns, Layout, Optimizer, Structure, hyperparameters, reduce_sum
+from .. import _hyperparameters as checked
+from ._core import DTYPES, WHOLE, Columns, Layout, Optimizer, Structure, reduce_sum
 
 MEMORY = Columns(1)
 
@@ -320,68 +320,19 @@ def _pattern(B: np.ndarray) -> tuple[tuple[bool, ...], ...]:
     return tuple(tuple(bool(x != 0) for x in row) for row in B)
 
 
-# --------------------------------------------------------------------------- hyperparameters (host, at construction)
-
-
-def _host_array(name: str, value) -> np.ndarray:
-    """A real finite float64 array on the host, or HyperparameterError naming ``name``."""
-    return as_real_array(name, value, HyperparameterError, dtype=np.float64)
-
-
-def _host_vector(name: str, value, k: int | None = None) -> np.ndarray:
-    v = _host_array(name, value)
-    if v.ndim != 1:
-        raise HyperparameterError(name, f"must be a vector of shape (k,), got shape {v.shape}")
-    if k is not None and v.shape != (k,):
-        raise HyperparameterError(name, f"must have shape ({k},), got {v.shape}")
-    return v
-
-
-def _propagator(B, a) -> tuple[np.ndarray, np.ndarray]:
-    """(B, a) of eq. (1): B a real k×k matrix, k ≥ 1, with spectral radius ρ(B) < 1; a ∈ ℝ^k."""
-    B = _host_array("B", B)
-    if B.ndim != 2 or B.shape[0] != B.shape[1] or B.shape[0] == 0:
-        raise HyperparameterError("B", f"must be a square k×k matrix with k ≥ 1, got shape {B.shape}")
-    radius = float(np.max(np.abs(np.linalg.eigvals(B))))
-    if not radius < 1:
-        raise HyperparameterError(
-            "B", f"spectral radius ρ(B) = {radius:.6g} must be < 1, or the memory does not forget (spec/rllc.md)"
-        )
-    return B, _host_vector("a", a, B.shape[0])
-
-
-def _unit_gain(B: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """The default L0 of spec/rllc.md#lm_rllc: w/‖w‖² with w = (I − B)⁻ᵀa, the minimum-norm law whose
-    steady-state step under a constant gradient is −c1 g."""
-    w = np.linalg.solve(np.eye(len(a)) - B.T, a)
-    if not w @ w > 0:
-        raise HyperparameterError("L0", "the default unit-gain law is undefined for a = 0; pass L0")
-    return w / (w @ w)
-
-
 # --------------------------------------------------------------------------- constructors (the spec's signatures)
 
 
 def rllc(rule: Callable, c1, c2, L0, eps=1e-8, H0=None, *, dtype="float64"):
     """RLLC of a jax-traceable memory rule U(M, H, g) -> (M', H') on the flat (n, k) memory, spec/rllc.md#rllc."""
-    if not callable(rule):
-        raise HyperparameterError("rule", f"must be callable U(M, H, g) -> (M', H'), got {type(rule).__name__}")
-    hp = hyperparameters("rllc", c1=c1, c2=c2, eps=eps)
-    L0 = _host_vector("L0", L0)
-    if L0.shape[0] == 0:
-        raise HyperparameterError("L0", "must have k ≥ 1 entries")
-    return RLLC(dtype, rule=rule, L0=L0, H0=H0, **hp)
+    return RLLC(dtype, rule=rule, **checked.rllc(rule, c1, c2, L0, eps), H0=H0)
 
 
 def lm_rllc(B, a, c1=1e-2, c2=1e-2, L0=None, eps=1e-8, *, dtype="float64"):
     """LM-RLLC F(B, a, c1, c2), spec/rllc.md#lm_rllc (Def. 5.1); L0 defaults to the unit-gain law."""
-    B, a = _propagator(B, a)
-    hp = hyperparameters("lm_rllc", c1=c1, c2=c2, eps=eps)
-    L0 = _unit_gain(B, a) if L0 is None else _host_vector("L0", L0, len(a))
-    return LMRLLC(dtype, B=B, a=a, L0=L0, **hp)
+    return LMRLLC(dtype, **checked.lm_rllc(B, a, c1, c2, L0, eps))
 
 
 def linear_memory(B, a, L, *, dtype="float64"):
     """The fixed-law optimizer L(B, a, L), spec/rllc.md#linear_memory (Sec. 4)."""
-    B, a = _propagator(B, a)
-    return LinearMemory(dtype, B=B, a=a, L=_host_vector("L", L, len(a)))
+    return LinearMemory(dtype, **checked.linear_memory(B, a, L))

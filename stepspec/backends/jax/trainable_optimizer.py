@@ -18,7 +18,6 @@ compiled in; the radius and the centre are traced like the rates.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import NamedTuple
 
@@ -26,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...errors import HyperparameterError, StateError, StepSizeWarning
+from ...errors import HyperparameterError, StepSizeWarning
+from .. import _hyperparameters as checked
 from ._core import (
     COUNTER,
     DTYPES,
@@ -39,9 +39,6 @@ from ._core import (
     precision,
     reduce_sum,
 )
-
-STATE_BYTES_PER_ENTRY = 8
-"""``max_memory`` counts (n² + n) entries of 8 bytes in every precision, as the spec's formula does."""
 
 _NEEDS = frozenset({"grad", "params"})
 
@@ -144,11 +141,7 @@ class _TrainableOptimizer(Optimizer):
         return (self.radius is not None, self.center is not None)
 
     def check_center(self, structure) -> None:
-        """The centre must have the parameters' n (checked at init, as the reference does)."""
-        if self.center is not None and self.center.shape[0] != structure.n:
-            raise HyperparameterError(
-                "center", f"has shape {tuple(self.center.shape)}, but the parameters have n = {structure.n}"
-            )
+        checked.check_center(self.center, structure.n)
 
     def check_result(self, state, tree):
         """(TO9) c ≥ 2 amplifies the approximation error: warn (one fixed message, so Python's default filter
@@ -180,13 +173,7 @@ class FullTO(_TrainableOptimizer):
 
     def initial_state(self, structure):
         n = structure.n
-        needed = (n * n + n) * STATE_BYTES_PER_ENTRY
-        if needed > self.max_memory:
-            raise StateError(
-                "theta0",
-                f"full TO with n = {n} needs (n² + n)·8 = {needed:,} bytes of state, above max_memory = "
-                f"{self.max_memory:,.0f}; use diagonal_to or rank_one_to (O(n) memory), or raise max_memory",
-            )
+        checked.check_full_state_size(n, self.max_memory)
         self.check_center(structure)
         zero = jnp.zeros((), DTYPES[self.dtype])
         A = jnp.zeros((n, n), DTYPES[self.dtype])
@@ -333,21 +320,15 @@ class RankOneTO(_TrainableOptimizer):
 
 
 def _projection(radius, center) -> dict:
-    """The ball of (TO8): radius None (no projection) or in (0, ∞); center None (the origin) or a vector (or a
-    pytree shaped like the parameters), only with a radius, kept flat on the host in float64."""
-    if radius is not None:
-        if isinstance(radius, bool) or not isinstance(radius, numbers.Real):
-            raise HyperparameterError("radius", f"must be None or a real number in (0, ∞), got {radius!r}")
-        radius = float(radius)
-        if not (math.isfinite(radius) and radius > 0):
-            raise HyperparameterError("radius", f"must be None or a real number in (0, ∞), got {radius!r}")
-    if center is not None:
-        if radius is None:
-            raise HyperparameterError("center", "is the centre of the projection ball: it needs a radius")
+    """The ball of (TO8), checked (``_hyperparameters.projection``): a centre given as a vector or a pytree
+    shaped like the parameters is kept flat on the host in float64."""
+
+    def flat_center(center):
         with precision("float64"):
             leaves, structure = as_leaves("center", center, HyperparameterError, "float64")
-            center = np.asarray(structure.join(leaves))
-    return {"radius": radius, "center": center}
+            return np.asarray(structure.join(leaves))
+
+    return checked.projection(radius, center, flat_center)
 
 
 def trainable_optimizer(

@@ -8,8 +8,9 @@ import math
 
 import torch
 
-from ...errors import HyperparameterError, StateError
-from ._core import COUNTER, PARAM, Layout, Optimizer, as_host_scalar, hyperparameters, inner
+from ...errors import StateError
+from .. import _hyperparameters as checked
+from ._core import COUNTER, PARAM, Layout, Optimizer, as_host_scalar, inner
 
 
 class DeviceFloat64(Layout):
@@ -100,23 +101,7 @@ def hypergradient(
     device="cpu",
 ):
     """SGD-HD / SGDN-HD / Adam-HD (spec/hypergradient.md): the step size α is one float64 scalar on the device."""
-    hp = hyperparameters(
-        "hypergradient",
-        base=base,
-        alpha0=alpha0,
-        hypergradient_lr=hypergradient_lr,
-        betas=betas,
-        eps=eps,
-        convention=convention,
-        momentum=momentum,
-        weight_decay=weight_decay,
+    hp, needs = checked.hypergradient(
+        base, alpha0, hypergradient_lr, betas, eps, convention, momentum, nesterov, weight_decay
     )
-    if not isinstance(nesterov, bool):
-        raise HyperparameterError("nesterov", f"must be True or False, got {nesterov!r}")
-    if base == "adam" and (momentum or nesterov):
-        name = "nesterov" if nesterov else "momentum"
-        raise HyperparameterError(name, "is an option of SGD-HD; Adam-HD's momentum is betas[0]")
-    if nesterov and not momentum:
-        raise HyperparameterError("nesterov", "Nesterov momentum needs momentum > 0 (as the authors' SGDHD requires)")
-    needs = frozenset({"grad", "params"}) if hp["weight_decay"] else frozenset({"grad"})
-    return Hypergradient(dtype, device, needs, nesterov=nesterov, **hp)
+    return Hypergradient(dtype, device, needs, **hp)

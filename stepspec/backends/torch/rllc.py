@@ -14,10 +14,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..._core import as_real_array
 from ...errors import HyperparameterError
+from .. import _hyperparameters as checked
 from . import _fused
-from ._core import WHOLE, Columns, Layout, Optimizer, as_tensors, hyperparameters, reduce_sum
+from ._core import WHOLE, Columns, Layout, Optimizer, as_tensors, reduce_sum
 
 MEMORY = Columns(1)
 GRAM_DTYPE = torch.float64
@@ -194,47 +194,14 @@ class LinearMemory(_Memory):
 # --------------------------------------------------------------------------- hyperparameters (host, at construction)
 
 
-def _host_array(name: str, value) -> np.ndarray:
-    """A real finite float64 array on the host, or HyperparameterError naming ``name``."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    return as_real_array(name, value, HyperparameterError, dtype=np.float64)
+def _to_host(value):
+    """A tensor as a host array for the shared checks (``_hyperparameters``); other values unchanged."""
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
 
 
-def _host_vector(name: str, value, k: int | None = None) -> np.ndarray:
-    v = _host_array(name, value)
-    if v.ndim != 1:
-        raise HyperparameterError(name, f"must be a vector of shape (k,), got shape {v.shape}")
-    if k is not None and v.shape != (k,):
-        raise HyperparameterError(name, f"must have shape ({k},), got {v.shape}")
-    return v
-
-
-def _propagator(B, a) -> tuple[np.ndarray, np.ndarray]:
-    """(B, a) of eq. (1): B a real k×k matrix, k ≥ 1, with spectral radius ρ(B) < 1; a ∈ ℝ^k."""
-    B = _host_array("B", B)
-    if B.ndim != 2 or B.shape[0] != B.shape[1] or B.shape[0] == 0:
-        raise HyperparameterError("B", f"must be a square k×k matrix with k ≥ 1, got shape {B.shape}")
-    radius = float(np.max(np.abs(np.linalg.eigvals(B))))
-    if not radius < 1:
-        raise HyperparameterError(
-            "B", f"spectral radius ρ(B) = {radius:.6g} must be < 1, or the memory does not forget (spec/rllc.md)"
-        )
-    return B, _host_vector("a", a, B.shape[0])
-
-
-def _unit_gain(B: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """The default L0 of spec/rllc.md#lm_rllc: w/‖w‖² with w = (I − B)⁻ᵀa, the minimum-norm law whose
-    steady-state step under a constant gradient is −c1 g."""
-    w = np.linalg.solve(np.eye(len(a)) - B.T, a)
-    if not w @ w > 0:
-        raise HyperparameterError("L0", "the default unit-gain law is undefined for a = 0; pass L0")
-    return w / (w @ w)
-
-
-def _as_host_scalars(B: np.ndarray, a: np.ndarray) -> dict:
-    """B and a as Python floats: the elementwise passes take them as host scalars."""
-    return {"B": B.tolist(), "a": a.tolist()}
+def _as_host_scalars(hp: dict) -> dict:
+    """B, a and a fixed law L as Python floats: the elementwise passes take them as host scalars."""
+    return {**hp, **{name: hp[name].tolist() for name in ("B", "a", "L") if name in hp}}
 
 
 # --------------------------------------------------------------------------- constructors (the spec's signatures)
@@ -242,27 +209,17 @@ def _as_host_scalars(B: np.ndarray, a: np.ndarray) -> dict:
 
 def rllc(rule: Callable, c1, c2, L0, eps=1e-8, H0=None, *, dtype=torch.float64, device="cpu"):
     """RLLC of a memory rule U(M, H, g) -> (M', H') on (n, k) tensors, spec/rllc.md#rllc (Def. 3.2)."""
-    if not callable(rule):
-        raise HyperparameterError("rule", f"must be callable U(M, H, g) -> (M', H'), got {type(rule).__name__}")
-    hp = hyperparameters("rllc", c1=c1, c2=c2, eps=eps)
-    L0 = _host_vector("L0", L0)
-    if L0.shape[0] == 0:
-        raise HyperparameterError("L0", "must have k ≥ 1 entries")
-    return RLLC(dtype, device, rule=rule, L0=L0, H0=H0, **hp)
+    return RLLC(dtype, device, rule=rule, **checked.rllc(rule, c1, c2, L0, eps, _to_host), H0=H0)
 
 
 def lm_rllc(B, a, c1=1e-2, c2=1e-2, L0=None, eps=1e-8, *, dtype=torch.float64, device="cpu"):
     """LM-RLLC F(B, a, c1, c2), spec/rllc.md#lm_rllc (Def. 5.1); L0 defaults to the unit-gain law."""
-    B, a = _propagator(B, a)
-    hp = hyperparameters("lm_rllc", c1=c1, c2=c2, eps=eps)
-    L0 = _unit_gain(B, a) if L0 is None else _host_vector("L0", L0, len(a))
-    return LMRLLC(dtype, device, L0=L0, **_as_host_scalars(B, a), **hp)
+    return LMRLLC(dtype, device, **_as_host_scalars(checked.lm_rllc(B, a, c1, c2, L0, eps, _to_host)))
 
 
 def linear_memory(B, a, L, *, dtype=torch.float64, device="cpu"):
     """The fixed-law optimizer L(B, a, L), spec/rllc.md#linear_memory (Sec. 4)."""
-    B, a = _propagator(B, a)
-    return LinearMemory(dtype, device, L=_host_vector("L", L, len(a)).tolist(), **_as_host_scalars(B, a))
+    return LinearMemory(dtype, device, **_as_host_scalars(checked.linear_memory(B, a, L, _to_host)))
 
 
 # --------------------------------------------------------------------------- the fast path (spec/backends.md#compiled)

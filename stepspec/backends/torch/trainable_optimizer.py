@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import abc
 import math
-import numbers
 import warnings
 
 import torch
 
-from ...errors import HyperparameterError, StateError, StepSizeWarning
+from ...errors import HyperparameterError, StepSizeWarning
+from .. import _hyperparameters as checked
 from . import _fused
 from ._core import COUNTER, PARAM, WHOLE, Optimizer, State, Structure, as_tensors, hyperparameters, reduce_sum
-
-STATE_BYTES_PER_ENTRY = 8
-"""``max_memory`` counts (n² + n) entries of 8 bytes in every precision, as the spec's formula does."""
 
 _NEEDS = frozenset({"grad", "params"})
 
@@ -69,13 +66,7 @@ class _TrainableOptimizer(Optimizer):
         return self.variable_rate(getattr(self, self.linear_rate), t), self.variable_rate(self.lr_b, t)
 
     def check_center(self, structure: Structure) -> None:
-        """The centre must have the parameters' n (checked at init, as the reference does)."""
-        if self.center is None:
-            return
-        if self.center.shape[0] != structure.n:
-            raise HyperparameterError(
-                "center", f"has shape {tuple(self.center.shape)}, but the parameters have n = {structure.n}"
-            )
+        checked.check_center(self.center, structure.n)
 
     def center_parts(self, structure: Structure) -> list[torch.Tensor] | None:
         """The centre split like the parameters (None: the origin), cached per structure."""
@@ -135,13 +126,7 @@ class FullTO(_TrainableOptimizer):
 
     def initial_state(self, structure, params):
         n = structure.n
-        needed = (n * n + n) * STATE_BYTES_PER_ENTRY
-        if needed > self.max_memory:
-            raise StateError(
-                "theta0",
-                f"full TO with n = {n} needs (n² + n)·8 = {needed:,} bytes of state, above max_memory = "
-                f"{self.max_memory:,.0f}; use diagonal_to or rank_one_to (O(n) memory), or raise max_memory",
-            )
+        checked.check_full_state_size(n, self.max_memory)
         self.check_center(structure)
         A = torch.zeros((n, n), dtype=structure.dtype, device=structure.device)
         return {"step": 0, "A": A, "b": structure.zeros()}  # the paper's recommended A₀ = 0, b₀ = 0
@@ -286,20 +271,14 @@ class RankOneTO(_TrainableOptimizer):
 
 
 def _projection(radius, center, dtype, device) -> dict:
-    """The ball of (TO8): radius None (no projection) or in (0, ∞); center None (the origin) or a vector
-    (a tensor, an array, or a list of tensors shaped like the parameters), only with a radius."""
-    if radius is not None:
-        if isinstance(radius, bool) or not isinstance(radius, numbers.Real):
-            raise HyperparameterError("radius", f"must be None or a real number in (0, ∞), got {radius!r}")
-        radius = float(radius)
-        if not (math.isfinite(radius) and radius > 0):
-            raise HyperparameterError("radius", f"must be None or a real number in (0, ∞), got {radius!r}")
-    if center is not None:
-        if radius is None:
-            raise HyperparameterError("center", "is the centre of the projection ball: it needs a radius")
+    """The ball of (TO8), checked (``_hyperparameters.projection``): a centre given as a tensor, an array, or a
+    list of tensors shaped like the parameters is kept as one vector tensor."""
+
+    def flat_center(center):
         parts, structure = as_tensors("center", center, HyperparameterError, dtype, device)
-        center = structure.join(parts)
-    return {"radius": radius, "center": center}
+        return structure.join(parts)
+
+    return checked.projection(radius, center, flat_center)
 
 
 def trainable_optimizer(
