@@ -1,6 +1,6 @@
 """The cupy backend on a GPU (spec/backends.md#array-api): the conformance suite in both precisions, and every
 algorithm's fused passes against the generic array-API path on the same device. Without cupy or without a
-CUDA device the module skips with one line (``tox -e cupy``, ``python -m pytest tests/test_cupy_backend.py -rs``)."""
+CUDA device the module skips, in one line (``tox -e cupy``, ``python -m pytest tests/test_cupy_backend.py -rs``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ import sys
 
 import numpy as np
 import pytest
+
+from stepspec.backends import array_api
+from stepspec.backends.array_api._core import Namespace
+from stepspec.conformance.tolerance import tolerance
+
+from .test_array_api_backend import SETTINGS, STEPS, _run
 
 
 def _gpu_unavailable() -> str | None:
@@ -28,19 +34,13 @@ _REASON = _gpu_unavailable()
 if _REASON:
     pytest.skip(f"cupy backend not run: {_REASON}", allow_module_level=True)
 
-import array_api_compat.cupy as compat_cupy  # noqa: E402
-import cupy  # noqa: E402
-
-from stepspec.backends import array_api  # noqa: E402
-from stepspec.backends.array_api._core import Namespace  # noqa: E402
-from stepspec.conformance.tolerance import tolerance  # noqa: E402
-
-from .test_array_api_backend import SETTINGS, STEPS, _run  # noqa: E402
-
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("algo", sorted(SETTINGS))
 def test_fused_passes_equal_the_generic_path_on_the_gpu(algo, dtype):
+    import array_api_compat.cupy as compat_cupy
+    import cupy
+
     fused = Namespace(compat_cupy, dtype, kernels=cupy)
     generic = Namespace(compat_cupy, dtype)
     expected = _run(generic, algo, STEPS, fused=False)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .._core import as_real_array
 from ..errors import HyperparameterError, StateError
+from ..reference.elra import AUTHORS_INITIAL_LR, PAPER_INITIAL_LR
 from ..reference.metaoptimize import AUTHORS_CODE_EPS, PAPER_EPS
 from ..spec import check_hyperparameters
 
@@ -34,7 +35,10 @@ _ELRA_AUTHORS_CODE_HAS_NONE_OF = {
 def elra(algo: str, values: dict) -> dict:
     """The spec table's domains, then what its prose states: switches, integers, the crop, α_0 in
     [α_min, α_max], the floor below the crop and α_min below α_max; with convention='authors_code', none of
-    what the authors' code lacks."""
+    what the authors' code lacks. ``elra``'s ``lr=None`` is α_0's default: 1e-3, or 1e-5 with
+    convention='authors_code'."""
+    if algo == "elra" and values["lr"] is None:
+        values["lr"] = AUTHORS_INITIAL_LR if values["convention"] == "authors_code" else PAPER_INITIAL_LR
     flags = {name: values.pop(name) for name in _ELRA_FLAGS}
     counts = {name: values.pop(name) for name in _ELRA_COUNTS}
     crop = values.pop("crop")

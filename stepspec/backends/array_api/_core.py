@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..._core import Observation
 from ...errors import ObservationError, StateError
-from ...spec import check_hyperparameters
+from .. import _structured
+from .._structured import Layout, Shapes, State, StepInput, host_scalar, raise_first_non_finite
+from .._structured import hyperparameters as hyperparameters
 
 # --------------------------------------------------------------------------- the namespace
 
@@ -134,20 +134,12 @@ def over_leaves(kernel: Callable, arrays: Sequence[Sequence], *scalars, outputs:
 
 
 @dataclass(frozen=True)
-class Structure:
+class Structure(Shapes):
     """The shapes of a parameter structure; ``single`` when it was given as one 1-D array."""
 
     shapes: tuple[tuple[int, ...], ...]
     single: bool
     ns: Namespace
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return tuple(math.prod(s) for s in self.shapes)
-
-    @property
-    def n(self) -> int:
-        return sum(self.sizes)
 
     def zeros(self) -> list:
         return [self.ns.zeros(s) for s in self.shapes]
@@ -195,13 +187,7 @@ def _first_non_finite(ns: Namespace, name: str, arrays: Sequence, error: type) -
     """Raise ``error`` at the first non-finite entry, after one check over all arrays (one host read)."""
     if all_finite(ns, arrays):
         return
-    offset = 0
-    for a in arrays:
-        host = ns.to_numpy(a).reshape(-1)
-        bad = np.flatnonzero(~np.isfinite(host))
-        if bad.size:
-            raise error(name, f"must be finite, got {host[bad[0]]} at flat index {offset + int(bad[0])}")
-        offset += host.size
+    raise_first_non_finite(name, (ns.to_numpy(a) for a in arrays), error)
 
 
 def _native(ns: Namespace, name: str, item, error: type):
@@ -244,34 +230,20 @@ def as_arrays(name: str, value, error: type, ns: Namespace, structure: Structure
     return arrays, Structure(tuple(tuple(a.shape) for a in arrays), single, ns)
 
 
+def _host(ns: Namespace, value):
+    """A native array (anything with a shape that is not NumPy's) as a host NumPy array; host values as
+    they are."""
+    if not isinstance(value, (int, float, np.ndarray, np.generic)) and hasattr(value, "shape"):
+        return ns.to_numpy(value)
+    return value
+
+
 def as_host_scalar(ns: Namespace, name: str, value, error: type) -> float:
     """A real finite scalar (the loss, a scalar state field) as a Python float: host scalars stay float64."""
-    if not isinstance(value, (int, float, np.ndarray, np.generic)) and hasattr(value, "shape"):
-        value = ns.to_numpy(value)
-    array = np.asarray(value)
-    if array.dtype.kind not in "fiu":
-        raise error(name, f"must be a real array, got dtype {array.dtype}")
-    if array.shape != ():
-        raise error(name, f"must have shape (), got {array.shape}")
-    x = float(array)
-    if not math.isfinite(x):
-        raise error(name, f"must be finite, got {x}")
-    return x
+    return host_scalar(name, _host(ns, value), error)
 
 
 # --------------------------------------------------------------------------- state layouts
-
-
-class Layout(abc.ABC):
-    """How one spec state field is stored in a structured state, and shown flat."""
-
-    @abc.abstractmethod
-    def flat(self, stored, structure: Structure):
-        """The spec's view of the stored value."""
-
-    @abc.abstractmethod
-    def store(self, name: str, value, structure: Structure, default):
-        """An ``init`` override (a flat native array, or a host value) as stored, or ``StateError``."""
 
 
 class PerParameter(Layout):
@@ -344,32 +316,6 @@ class Whole(Layout):
         return array
 
 
-class Counter(Layout):
-    """A non-negative int on the host (a step counter, a decision)."""
-
-    def flat(self, stored, structure):
-        return stored
-
-    def store(self, name, value, structure, default):
-        if hasattr(value, "shape") and not isinstance(value, (np.ndarray, np.generic)):
-            value = structure.ns.to_numpy(value)
-        if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "iu":
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise StateError(name, f"must be a non-negative integer, got {value!r}")
-        return int(value)
-
-
-class HostScalar(Layout):
-    """A real scalar on the host, float64 in every precision (ELRA's α, a loss statistic)."""
-
-    def flat(self, stored, structure):
-        return stored
-
-    def store(self, name, value, structure, default):
-        return as_host_scalar(structure.ns, name, value, StateError)
-
-
 class DeviceScalar(Layout):
     """A real scalar kept on the device as a 0-d array of the working precision (a step size the step
     computes from device reductions, so that reading it would cost a host synchronisation)."""
@@ -381,67 +327,15 @@ class DeviceScalar(Layout):
         return structure.ns.scalar(as_host_scalar(structure.ns, name, value, StateError))
 
 
-PARAM, WHOLE, COUNTER, HOST, DEVICE_SCALAR = PerParameter(), Whole(), Counter(), HostScalar(), DeviceScalar()
-
-
-class State:
-    """A structured state: the stored form of each spec field, shown flat as an attribute. A value: F
-    returns a new State, and arrays are never written in place, so a State may share them."""
-
-    def __init__(self, layouts: Mapping[str, Layout], structure: Structure, stored: dict):
-        object.__setattr__(self, "_layouts", layouts)
-        object.__setattr__(self, "structure", structure)
-        object.__setattr__(self, "stored", stored)
-
-    def __getattr__(self, name):
-        layouts = object.__getattribute__(self, "_layouts")
-        if name not in layouts:
-            raise AttributeError(name)
-        return layouts[name].flat(self.stored[name], self.structure)
-
-    def __setattr__(self, name, value):
-        raise AttributeError("a State is a value: F returns a new one")
-
-    def replace(self, **stored) -> State:
-        """A new state with some stored fields replaced, the others shared."""
-        return State(self._layouts, self.structure, {**self.stored, **stored})
-
-    def fields(self) -> dict:
-        """The spec's fields, flat."""
-        return {name: getattr(self, name) for name in self._layouts}
-
-
-# --------------------------------------------------------------------------- observations
-
-
-@dataclass(frozen=True)
-class StepInput:
-    """A validated observation on the parameter structure: lists of arrays, a host loss, and the curvature
-    products as functions of lists."""
-
-    grad: list
-    params: list | None = None
-    loss: float | None = None
-    hvp: Callable | None = None
-    third: Callable | None = None
-
-
-def _structured_product(name: str, function: Callable, structure: Structure) -> Callable:
-    """``function`` of the caller's form (one array or a list) as a function of lists, its results checked
-    like observations."""
-
-    def product(*vectors):
-        args = [structure.as_given(list(v)) for v in vectors]
-        result, _ = as_arrays(name, function(*args), ObservationError, structure.ns, structure)
-        return result
-
-    return product
+PARAM, WHOLE, DEVICE_SCALAR = PerParameter(), Whole(), DeviceScalar()
+COUNTER = _structured.Counter(lambda name, value, structure: _host(structure.ns, value))
+HOST = _structured.HostScalar(lambda name, value, structure: _host(structure.ns, value))
 
 
 # --------------------------------------------------------------------------- optimizers
 
 
-class Optimizer(abc.ABC):
+class Optimizer(_structured.Optimizer):
     """Base of the array-API optimizers: the (F, G) contract of spec/formalism.md on parameter structures.
 
     Subclasses set ``algo`` and ``layouts`` (spec field → Layout) and implement ``initial_state`` (the
@@ -450,17 +344,11 @@ class Optimizer(abc.ABC):
     observation makes invalid. ``step`` is F, then θ + G; ``_step`` may fuse the two into one pass.
     """
 
-    algo: str
-    layouts: Mapping[str, Layout]
+    backend = "array_api"
 
     def __init__(self, ns: Namespace, needs=frozenset({"grad"}), **hyperparameters):
-        self.hyperparameters = dict(hyperparameters)
-        self.__dict__.update(hyperparameters)
-        self.ns, self.needs = ns, frozenset(needs)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())
-        return f"array_api.{self.algo}({args})"
+        super().__init__(needs, hyperparameters)
+        self.ns = ns
 
     # -- the contract -------------------------------------------------------------------
 
@@ -468,11 +356,7 @@ class Optimizer(abc.ABC):
         """S_0 for parameters ``theta0`` (a vector or a list of arrays); keyword arguments override any
         field, given flat as the spec shows it."""
         params, structure = as_arrays("theta0", theta0, StateError, self.ns)
-        stored = self.initial_state(structure, params)
-        for name, value in initial_state.items():
-            if name not in self.layouts:
-                raise StateError(name, f"is not a state field of {self.algo}; fields: {sorted(self.layouts)}")
-            stored[name] = self.layouts[name].store(name, value, structure, stored[name])
+        stored = self.overridden(self.initial_state(structure, params), initial_state, structure)
         return State(self.layouts, structure, stored)
 
     def F(self, state: State, obs) -> State:
@@ -529,28 +413,15 @@ class Optimizer(abc.ABC):
 
     def check_observation(self, obs, structure: Structure) -> StepInput:
         """The observation as a StepInput on ``structure``, or ``ObservationError`` naming the field."""
-        if not isinstance(obs, Observation):
-            raise ObservationError("obs", f"must be a stepspec.Observation, got {type(obs).__name__}")
-        for name in sorted(self.needs):
-            if getattr(obs, name) is None:
-                raise ObservationError(
-                    name, f"{self.algo} needs Observation.{name} (spec/formalism.md#observation); it is None"
-                )
+        self.check_needs(obs)
         grad, _ = as_arrays("grad", obs.grad, ObservationError, self.ns, structure)
         params = None
         if "params" in self.needs:
             params, _ = as_arrays("params", obs.params, ObservationError, self.ns, structure)
         loss = as_host_scalar(self.ns, "loss", obs.loss, ObservationError) if "loss" in self.needs else None
-        products = {}
-        for name in ("hvp", "third"):
-            if name in self.needs:
-                function = getattr(obs, name)
-                if not callable(function):
-                    raise ObservationError(name, f"must be callable, got {type(function).__name__}")
-                products[name] = _structured_product(name, function, structure)
+
+        def as_list(name, value):
+            return as_arrays(name, value, ObservationError, self.ns, structure)[0]
+
+        products = _structured.structured_products(obs, self.needs, structure, as_list)
         return StepInput(grad, params, loss, products.get("hvp"), products.get("third"))
-
-
-def hyperparameters(algo: str, **values) -> dict:
-    """The spec table's validation (domains, defaults, types), as the reference applies it."""
-    return check_hyperparameters(algo, **values)

@@ -4,7 +4,8 @@ is not called.
 
 A step is: the retrace decision (E7), on the host from the loss (a host float) and host state alone; the step's
 inner products as per-leaf partial sums, stacked and combined by one ``reduce_sum`` round and read to the host
-once; the α rules (E1–E6), the period statistics and the batch controller (E8–E9) in host floats. Elementwise
+once; the α rules (E1–E6), the period statistics and the batch controller (E8–E9) in host floats
+(``stepspec.backends._elra_host``, shared with the torch backend). Elementwise
 passes per parameter, in ``step``: one for the update, which also writes the stored G̃_t (and the authors' rebuilt
 x_{t−1}); on an accepted step after the first one more, the entrywise difference the round reduces (G_{t−1} −
 G̃_t, or the lean ω x_{t−1} − x_t); with ``boost`` one for the running sum x_sum and, when a period closes, one
@@ -45,20 +46,13 @@ import math
 
 import numpy as np
 
-from ...errors import ObservationError, StateError
+from ...errors import StateError
+from ...reference.elra import HISTORY
 from .. import _hyperparameters as checked
+from .._elra_host import ELRA_FIELDS, LEAN_FIELDS, HostRules, authors_relaxed_best
+from .._elra_host import NO_LIMIT as NO_LIMIT
+from .._elra_host import RATIO_CAP as RATIO_CAP
 from ._core import COUNTER, HOST, PARAM, WHOLE, Layout, Optimizer, as_arrays, over_leaves
-
-# Which rule set α at the last step (state field ``limit``, spec/elra.md).
-NO_LIMIT, RATIO_CAP, CROP, WARMUP_FLOOR, ABSOLUTE_BOUND = range(5)
-
-GROWTH = 1.5  # (E9) the batch multiple's factor per controller update
-HISTORY = 4  # (E9) period means kept, newest first: f̄_s … f̄_{s−3}
-PAPER_INITIAL_LR = 1e-3  # Sec. 3.1: α_0 = 10⁻³
-AUTHORS_INITIAL_LR = 1e-5  # convention='authors_code': the January-2024 code starts at 10⁻⁵
-AUTHORS_GROWTH_DAMPER = 855000.0  # authors_code: D_0, γ_max = 10⁶/(1 + D)
-AUTHORS_ERROR_DAMPER = 500000.0  # authors_code: E_0, and where a rising step pins E once E ≥ E_0
-AUTHORS_SMALL_DIMENSION = 20  # authors_code: n ≤ 20 has no correction factor and no 1.1 f(x_0) start rule
 
 _NEEDS = frozenset({"grad", "params", "loss"})
 
@@ -185,35 +179,14 @@ def _reduced(ns, rows: list, names: tuple[str, ...]) -> dict[str, float]:
 # --------------------------------------------------------------------------- what both forms share
 
 
-class _ELRABase(Optimizer):
-    """The α rules (E1–E6), the retrace rule (E7), the period statistics, the batch controller (E8–E10) and
-    boosting (E11), on the host; x_sum and x_mean on the device."""
-
-    common_layouts = {
-        "step": COUNTER,
-        "alpha": HOST,
-        "x_prev": PARAM,
-        "f_prev": HOST,
-        "f_initial": HOST,
-        "retraced": COUNTER,
-        "limit": COUNTER,
-        "periods": COUNTER,
-        "period_batches": COUNTER,
-        "period_count": COUNTER,
-        "period_mean": HOST,
-        "period_m2": HOST,
-        "last_mean": HOST,
-        "last_std": HOST,
-        "means": HostHistory(),
-        "updates": COUNTER,
-        "multiple": COUNTER,
-    }
-    form_layouts: dict[str, Layout]
+class _ELRABase(HostRules, Optimizer):
+    """What both forms share on the array API: the state's layouts and initial values, and boosting's (E11) x_sum
+    and x_mean on the device, around the shared host rules (``_elra_host.HostRules``: α, the retrace rule, the
+    periods, the batch controller)."""
 
     def __init__(self, ns, **hp):
         super().__init__(ns, needs=_NEEDS, **hp)
-        boosted = PARAM if self.boost else WHOLE  # x_sum, x_mean: n, or an empty vector without boost
-        self.layouts = {**self.common_layouts, **self.form_layouts, "x_sum": boosted, "x_mean": boosted}
+        self.layouts = self.state_layouts(COUNTER, HOST, PARAM, HostHistory(), WHOLE)
 
     def common_initial_state(self, structure, params) -> dict:
         if self.boost:
@@ -221,23 +194,9 @@ class _ELRABase(Optimizer):
         else:
             x_sum = x_mean = self.ns.zeros((0,))
         return {
-            "step": 0,
-            "alpha": self.lr,
+            **self.common_host_state(),
             "x_prev": params,
-            "f_prev": 0.0,
-            "f_initial": 0.0,
-            "retraced": 0,
-            "limit": NO_LIMIT,
-            "periods": 0,
-            "period_batches": 0,
-            "period_count": 0,
-            "period_mean": 0.0,
-            "period_m2": 0.0,
-            "last_mean": 0.0,
-            "last_std": 0.0,
             "means": np.zeros(HISTORY, dtype=self.ns.dtype),
-            "updates": 0,
-            "multiple": self.initial_multiple,
             "x_sum": x_sum,
             "x_mean": x_mean,
         }
@@ -246,116 +205,25 @@ class _ELRABase(Optimizer):
     def decay_less_one(self) -> float:
         return self.weight_decay - 1.0
 
-    # -- α (host floats) --------------------------------------------------------------------
-
-    def kappa(self, alpha: float) -> float:
-        """(E2) κ(α_{t−1}) = 1 + 0.15 (1 + α_{t−1}²)⁻¹, or 1 without the correction."""
-        return 1.0 + 0.15 / (1.0 + alpha * alpha) if self.correction == "paper" else 1.0
-
-    def adapted_alpha(self, alpha: float, g_prev_sq: float, denominator: float) -> tuple[float, int]:
-        """(E1, E3) α κ ‖G_{t−1}‖² / D, D = ‖G_{t−1}‖² − ⟨G̃_t, G_{t−1}⟩, the ratio capped at γ_max; a zero last
-        gradient keeps α (nothing learned about the curvature), D ≤ 0 is the cap case."""
-        if g_prev_sq == 0.0:
-            return alpha, NO_LIMIT
-        if denominator <= 0.0:
-            return alpha * self.max_ratio, RATIO_CAP
-        ratio = self.kappa(alpha) * g_prev_sq / denominator
-        if ratio > self.max_ratio:
-            return alpha * self.max_ratio, RATIO_CAP
-        return alpha * ratio, NO_LIMIT
-
     @staticmethod
-    def retrace_alpha(alpha: float, g_prev_sq: float, f: float, f_prev: float) -> float:
-        """(E7) α · ½α‖G_{t−1}‖²/(f_t − f_{t−1} + α‖G_{t−1}‖²), the factor at most ½; halve when the parabola has no
-        minimum."""
-        denominator = f - f_prev + alpha * g_prev_sq
-        if g_prev_sq == 0.0 or denominator <= 0.0:
-            return 0.5 * alpha
-        return alpha * min(0.5, 0.5 * alpha * g_prev_sq / denominator)
-
-    def limited_alpha(self, alpha: float, limit: int, norm: float, t: int, retraced: bool) -> tuple[float, int]:
-        """(E4) crop, (E5) warm-up floor (not on a retrace), (E6) absolute bounds, in that order; ``norm`` is ‖G‖
-        of the gradient the step uses."""
-        if self.crop is not None and alpha * norm > self.crop:
-            alpha, limit = self.crop / norm, CROP
-        if t <= self.warmup_steps and not retraced and norm > 0.0 and alpha * norm < self.warmup_floor:
-            alpha, limit = self.warmup_floor / norm, WARMUP_FLOOR
-        bounded = min(max(alpha, self.lr_min), self.lr_max)
-        return (bounded, ABSOLUTE_BOUND) if bounded != alpha else (alpha, limit)
-
-    def needs_norm(self, t: int) -> bool:
-        """Whether (E4, E5) read ‖G‖ at step t."""
-        return self.crop is not None or t <= self.warmup_steps
-
-    def should_retrace(self, s: dict, f: float) -> bool:
-        """(E7) f above the last period's f̄ + kσ; before the first period closes, above f(x_0) + 0.1|f(x_0)|."""
-        if not self.retrace:
-            return False
-        if s["periods"] > 0:
-            return f > s["last_mean"] + self.retrace_sigmas * s["last_std"]
-        return self.initial_retrace and f > s["f_initial"] + 0.1 * abs(s["f_initial"])
-
-    def gradient_scale(self, s: dict) -> float:
-        """(E10) G̃ = G · m_0/m_t, m_t the multiple this observation averaged."""
-        return self.initial_multiple / s["multiple"] if self.gradient_decay else 1.0
-
-    # -- periods -------------------------------------------------------------------------------
+    def shifted_means(means: np.ndarray, mean: float) -> np.ndarray:
+        """The stored history with the closing period's f̄ in front, in the history's precision."""
+        return np.concatenate([np.asarray([mean], means.dtype), means[:-1]])
 
     def period_fields(self, state, f: float, theta: list, accepted: bool) -> dict:
-        """(E8, E9, E11) Count this step's minimal batches, and its loss and point when accepted; close the period
-        once it has consumed ``period`` minimal batches and holds an accepted loss."""
+        """The period's host fields (``period_host_fields``) and boosting's (E11) x_sum and, when the period
+        closes, x_mean."""
         s = state.stored
-        batches, count, mean, m2, x_sum = (
-            s["period_batches"] + s["multiple"],
-            s["period_count"],
-            s["period_mean"],
-            s["period_m2"],
-            s["x_sum"],
-        )
-        if accepted:
-            count += 1
-            delta = f - mean
-            mean += delta / count
-            m2 += delta * (f - mean)  # Welford
-            if self.boost:
-                x_sum = over_leaves(self.ns.fused(_pass_sum), [x_sum, theta])
-        fields = {"period_batches": batches, "period_count": count, "period_mean": mean, "period_m2": m2}
-        fields["x_sum"] = x_sum
-        if batches < self.period or count == 0:
-            return fields
-        std = math.sqrt(m2 / count)  # population σ
-        means = np.concatenate([np.asarray([mean], s["means"].dtype), s["means"][:-1]])
-        periods = s["periods"] + 1
-        fields.update(
-            periods=periods,
-            period_batches=0,
-            period_count=0,
-            period_mean=0.0,
-            period_m2=0.0,
-            last_mean=mean,
-            last_std=std,
-            means=means,
-        )
+        fields, closed = self.period_host_fields(s, f, accepted)
         if self.boost:
-            fields["x_mean"] = over_leaves(self.ns.fused(_pass_mean), [x_sum], float(count))
-            fields["x_sum"] = state.structure.zeros()
-        if self.batch_control and self.batch_triggered(means.tolist(), std, periods):
-            fields["updates"] = s["updates"] + 1
-            fields["multiple"] = self.multiple_after(fields["updates"])
+            x_sum = s["x_sum"]
+            if accepted:
+                x_sum = over_leaves(self.ns.fused(_pass_sum), [x_sum, theta])
+            fields["x_sum"] = x_sum
+            if closed:
+                fields["x_mean"] = over_leaves(self.ns.fused(_pass_mean), [x_sum], float(closed))
+                fields["x_sum"] = state.structure.zeros()
         return fields
-
-    @staticmethod
-    def batch_triggered(means: list[float], std: float, periods: int) -> bool:
-        """(E9) on f̄_s = means[0], f̄_{s−1} = means[1], … (as stored) and σ_s."""
-        rising = periods >= 2 and means[0] > means[1] + std / 10  # (1)
-        noisy = std > 0.5 * abs(means[0])  # (2) σ_s/f̄_s > ½
-        stalled = periods >= 4 and means[3] < min(means[0], means[1], means[2])  # (3)
-        return rising or noisy or stalled
-
-    def multiple_after(self, updates: int) -> int:
-        """(E9) cascades: exponent k − 2⌊k/3⌋ after k updates; m_0 · 1.5^e rounded half up, at least 1."""
-        exponent = updates - 2 * (updates // 3)
-        return max(1, math.floor(self.initial_multiple * GROWTH**exponent + 0.5))
 
 
 # --------------------------------------------------------------------------- elra
@@ -363,15 +231,13 @@ class _ELRABase(Optimizer):
 
 class ELRA(_ELRABase):
     algo = "elra"
-    form_layouts = {"g_prev": PARAM, "growth_damper": HOST, "error_damper": HOST, "relaxed_best": HOST}
+    own_fields = ELRA_FIELDS
 
     def initial_state(self, structure, params):
         return {
             **self.common_initial_state(structure, params),
             "g_prev": structure.zeros(),
-            "growth_damper": AUTHORS_GROWTH_DAMPER,
-            "error_damper": AUTHORS_ERROR_DAMPER,
-            "relaxed_best": 0.0,
+            **self.elra_host_state(),
         }
 
     def sums(self, s: dict, step, scale: float, names: tuple[str, ...]) -> dict[str, float]:
@@ -393,44 +259,22 @@ class ELRA(_ELRABase):
         """Everything of F but the vectors x_{t−1}, G_{t−1}: (the changed host fields, how the step moves:
         "taken" from x_t along G̃_t, "kept" back from x_{t−1} along G_{t−1}, "rebuilt" (authors_code) from x_t +
         α_{t−1} G_{t−1}, and the gradient scale of E10)."""
-        if self.convention == "authors_code":
-            return self.advance_authors_code(state, step)
         s, f = state.stored, step.loss
-        t, scale, first = s["step"] + 1, self.gradient_scale(s), s["step"] == 0
-        retraced = not first and self.should_retrace(s, f)
-        norm_sum = ("g_sq",) if self.needs_norm(t) else ()
-        names = norm_sum if first else ("g_prev_sq",) if retraced else ("g_prev_sq", "denominator", *norm_sum)
-        sums = self.sums(s, step, scale, names)
-        limit = NO_LIMIT
-        if first:  # α_0: nothing to adapt yet
-            alpha, norm = self.lr, scale * math.sqrt(sums.get("g_sq", 0.0))
-        elif retraced:  # (E7)
-            alpha = self.retrace_alpha(s["alpha"], sums["g_prev_sq"], f, s["f_prev"])
-            norm = math.sqrt(sums["g_prev_sq"])
-        else:  # (E1–E3)
-            alpha, limit = self.adapted_alpha(s["alpha"], sums["g_prev_sq"], sums["denominator"])
-            norm = scale * math.sqrt(sums.get("g_sq", 0.0))
-        alpha, limit = self.limited_alpha(alpha, limit, norm, t, retraced)
-        fields = {
-            "step": t,
-            "alpha": alpha,
-            "limit": limit,
-            "retraced": int(retraced),
-            "f_prev": s["f_prev"] if retraced else f,
-            "f_initial": f if first else s["f_initial"],
-            **self.period_fields(state, f, step.params, accepted=not retraced),
-        }
+        if self.convention == "authors_code":
+            fields = self.authors_fields(s, f, state.structure.n, lambda names, scale: self.sums(s, step, scale, names))
+            retraced = bool(fields.get("retraced", 0))
+            period = self.period_fields(state, f, step.params, accepted=not retraced)
+            return {**fields, **period}, "rebuilt" if retraced else "taken", 1.0
+        fields, scale = self.elra_fields(s, f, lambda names, scale: self.sums(s, step, scale, names))
+        retraced = bool(fields["retraced"])
+        fields.update(self.period_fields(state, f, step.params, accepted=not retraced))
         return fields, "kept" if retraced else "taken", scale
 
     def check_F(self, state, step):
         # the authors' √T: the January code raises on a negative relaxed best, and so does the convention
         s = state.stored
-        if self.convention == "authors_code" and s["step"] >= 1 and s["relaxed_best"] < 0.0:
-            raise ObservationError(
-                "loss",
-                "convention='authors_code' takes √ of the relaxed best loss, which is negative here; the "
-                "January-2024 code fails the same way (spec/elra.md#authors-code): shift the loss by a constant",
-            )
+        if self.convention == "authors_code" and s["step"] >= 1:
+            authors_relaxed_best(s)
 
     def _F(self, state, step):
         fields, move, scale = self.advance(state, step)
@@ -482,66 +326,6 @@ class ELRA(_ELRABase):
             )
         return fields, new
 
-    # -- the authors' January-2024 code (spec/elra.md#authors-code) -----------------------------
-
-    def advance_authors_code(self, state, step) -> tuple[dict, str, float]:
-        """The January-2024 step on the host: its retrace tolerance, growth damper and error damper; the first
-        call records f_0 and steps with the initial α."""
-        s, f, n = state.stored, step.loss, state.structure.n
-        t = s["step"] + 1
-        if t == 1:
-            fields = {"step": 1, "alpha": s["alpha"], "f_prev": f, "f_initial": f, "relaxed_best": f}
-            return {**fields, **self.period_fields(state, f, step.params, accepted=True)}, "taken", 1.0
-        best, error_damper, alpha_prev = s["relaxed_best"], s["error_damper"], s["alpha"]
-        tolerance = 25.0 + (2500.0 + 71.0 * math.sqrt(best)) / (1.0 + math.sqrt(error_damper))
-        start = n <= AUTHORS_SMALL_DIMENSION or f < 1.1 * s["f_initial"]
-        retraced = not (start and f < 1.1 * tolerance * best)
-        damper = s["growth_damper"]
-        if not retraced:
-            damper /= 3.9
-        elif damper > 1.0:
-            damper = 16.0 * damper if damper < 62500.0 else AUTHORS_GROWTH_DAMPER
-        else:
-            damper += 16.0
-        cap = 1e6 / (1.0 + damper)
-        sums = self.sums(s, step, 1.0, ("g_prev_sq",) if retraced else ("g_prev_sq", "denominator"))
-        g_prev_sq = sums["g_prev_sq"]
-        if retraced:
-            rise = f - s["f_prev"] + alpha_prev * g_prev_sq
-            # the code divides unguarded; stepspec halves at an exact 0 instead of raising
-            alpha = alpha_prev * 0.5 * alpha_prev * g_prev_sq / rise if rise != 0.0 else 0.5 * alpha_prev
-        else:
-            shrink = sums["denominator"] / g_prev_sq if g_prev_sq > 0.0 else 1.0
-            if cap * shrink < 1.0:
-                alpha = alpha_prev * cap
-            elif n <= AUTHORS_SMALL_DIMENSION:
-                alpha = alpha_prev / shrink
-            else:
-                loss_term = max(0.0, min(0.7, ((2.35 / s["f_initial"]) ** 2 * best) ** 0.8))
-                alpha = alpha_prev / (shrink * (1.0 - 0.14 * loss_term))
-        alpha = min(max(alpha, self.lr_min), self.lr_max)
-        worse = not retraced and f > s["f_prev"]
-        if not worse:
-            error_damper /= 1.69
-        elif error_damper < 1.0:
-            error_damper += 16.0
-        elif error_damper < AUTHORS_ERROR_DAMPER:
-            error_damper *= 16.0  # tested before multiplying: E can reach just under 16 E_0
-        else:
-            error_damper = AUTHORS_ERROR_DAMPER
-        fields = {
-            "step": t,
-            "alpha": alpha,
-            "retraced": int(retraced),
-            "limit": ABSOLUTE_BOUND if alpha in (self.lr_min, self.lr_max) else NO_LIMIT,
-            "f_prev": s["f_prev"] if retraced else f,
-            "growth_damper": damper,
-            "error_damper": error_damper,
-            "relaxed_best": f if f < best else 1.1 * best,
-            **self.period_fields(state, f, step.params, accepted=not retraced),
-        }
-        return fields, "rebuilt" if retraced else "taken", 1.0
-
 
 # --------------------------------------------------------------------------- elra_lean
 
@@ -551,14 +335,12 @@ class LeanELRA(_ELRABase):
     formed entry by entry."""
 
     algo = "elra_lean"
-    form_layouts = {"g_prev_sq": HOST, "grad_scale": HOST, "rejected_alpha": HOST}
+    own_fields = LEAN_FIELDS
 
     def initial_state(self, structure, params):
         return {
             **self.common_initial_state(structure, params),
-            "g_prev_sq": 0.0,
-            "grad_scale": 1.0,
-            "rejected_alpha": 0.0,
+            **self.lean_host_state(),
         }
 
     def sums(self, s: dict, step, names: tuple[str, ...]) -> dict[str, float]:
@@ -579,32 +361,9 @@ class LeanELRA(_ELRABase):
     def advance(self, state, step) -> tuple[dict, bool]:
         """Everything of F but x_{t−1}: (the changed host fields, retraced)."""
         s, f = state.stored, step.loss
-        t, scale, first = s["step"] + 1, self.gradient_scale(s), s["step"] == 0
-        retraced = not first and self.should_retrace(s, f)
-        alpha_prev, limit = s["alpha"], NO_LIMIT
-        sums = self.sums(s, step, ("g_sq",) if first else () if retraced else ("step_inner", "g_sq"))
-        if first:
-            alpha, g_sq = self.lr, scale * scale * sums["g_sq"]
-        elif retraced:  # (E7, E14)
-            alpha, g_sq = self.retrace_alpha(alpha_prev, s["g_prev_sq"], f, s["f_prev"]), s["g_prev_sq"]
-        else:
-            inner = scale * sums["step_inner"] / alpha_prev  # (E13) ⟨G_{t−1}, G̃_t⟩
-            alpha, limit = self.adapted_alpha(alpha_prev, s["g_prev_sq"], s["g_prev_sq"] - inner)
-            g_sq = scale * scale * sums["g_sq"]
-        alpha, limit = self.limited_alpha(alpha, limit, math.sqrt(g_sq), t, retraced)
-        fields = {
-            "step": t,
-            "alpha": alpha,
-            "limit": limit,
-            "retraced": int(retraced),
-            "g_prev_sq": g_sq,
-            "grad_scale": scale,
-            "rejected_alpha": alpha_prev if retraced else 0.0,
-            "f_prev": s["f_prev"] if retraced else f,
-            "f_initial": f if first else s["f_initial"],
-            **self.period_fields(state, f, step.params, accepted=not retraced),
-        }
-        return fields, retraced
+        fields = self.lean_fields(s, f, lambda names, scale: self.sums(s, step, names))
+        retraced = bool(fields["retraced"])
+        return {**fields, **self.period_fields(state, f, step.params, accepted=not retraced)}, retraced
 
     @staticmethod
     def back_rate(alpha: float, rejected_alpha: float) -> float:
@@ -669,8 +428,6 @@ def elra(
 ):
     """ELRA (paper 004, Sec. 3), the form that keeps G_{t−1}; ``lr`` (α_0) defaults to 1e-3, or to 1e-5 with
     convention='authors_code'."""
-    if lr is None:
-        lr = AUTHORS_INITIAL_LR if convention == "authors_code" else PAPER_INITIAL_LR
     values = dict(locals())
     del values["ns"]
     return ELRA(ns, **checked.elra("elra", values))

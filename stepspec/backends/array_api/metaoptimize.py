@@ -61,6 +61,7 @@ import numpy as np
 
 from ...errors import HyperparameterError, StateError
 from .. import _hyperparameters as checked
+from .. import _metaoptimize_host as host
 from ._core import COUNTER, PARAM, WHOLE, Columns, Layout, Optimizer, as_arrays
 from .idbd import hessian_diagonal
 
@@ -696,11 +697,7 @@ class _RowSparse(Layout):
             return [structure.zeros() for _ in range(self.parts)]
         view = xp.reshape(flat, (-1, structure.n, m))  # (parts, n, m) or (m, n, m)
         if bool(xp.any(xp.where(mask, 0.0, view) != 0)):
-            raise StateError(
-                name,
-                "must be zero outside column b(j) of weight j's rows: with hessian='free' or 'diagonal' every "
-                "state a run reaches has that pattern, and the array-API backend stores only those entries",
-            )
+            raise host.off_row_sparse_pattern(name, "array-API")
         at_column = xp.take_along_axis(
             view, xp.broadcast_to(ids[None, :, None], (view.shape[0], structure.n, 1)), axis=2
         )
@@ -733,9 +730,7 @@ class _DiagonalBlocks(Layout):
             raise StateError(name, f"must have shape {(3 * m, m)}, got {tuple(flat.shape)}")
         blocks = xp.reshape(flat, (3, m, m))
         if bool(xp.any(xp.where(self._eye(xp, m, ns), 0.0, blocks) != 0)):
-            raise StateError(
-                name, "must have diagonal blocks: with hessian='free' or 'diagonal' every state a run reaches does"
-            )
+            raise host.off_diagonal_blocks(name)
         diagonals = xp.linalg.diagonal(blocks)
         return [diagonals[r, ...] for r in range(3)]
 
@@ -821,29 +816,15 @@ class MetaOptimize(Optimizer):
 
     def _base_constants(self, t: int) -> tuple:
         """``BASE_CONSTANTS`` at step t, in float64 on the host (rounded once where they meet an array)."""
-        rho, lam, c = self.rho, self.lam, self.c
-        bias1, bias2 = 1.0 - rho**t, 1.0 - lam**t
-        mu = (1.0 - lam) / bias2
         values = {
             "kappa": self.kappa,
             "gamma": self.gamma,
-            "rho": rho,
-            "one_minus_rho": 1.0 - rho,
-            "lam": lam,
-            "one_minus_lam": 1.0 - lam,
-            "two_one_minus_lam": 2.0 * (1.0 - lam),
-            "one_minus_c": 1.0 - c,
-            "c": c,
+            "rho": self.rho,
+            "lam": self.lam,
+            "c": self.c,
+            "one_minus_c": 1.0 - self.c,
             "eps": self.eps,
-            "bias1": bias1,
-            "bias2": bias2,
-            "one_minus_rho_bias1": (1.0 - rho) / bias1,
-            "rho_bias1": rho / bias1,
-            "lam_bias2": lam / bias2,
-            "two_one_minus_lam_bias2": 2.0 * (1.0 - lam) / bias2,
-            "mu": mu,
-            "two_mu": 2.0 * mu,
-            "mu_lam": mu * lam,
+            **host.moment_constants(self.rho, self.lam, t),
         }
         return tuple(float(values[name]) for name in BASE_CONSTANTS)
 
@@ -1033,26 +1014,16 @@ class MetaOptimize(Optimizer):
 # --------------------------------------------------------------------------- constructor (the spec's signature)
 
 
-def _check_blocks(blocks, ns):
-    """'scalar', 'weightwise', or integer block ids 0…m−1 (each used), one per weight: a host int64 array."""
-    if isinstance(blocks, str):
-        if blocks not in ("scalar", "weightwise"):
-            raise HyperparameterError("blocks", f"must be 'scalar', 'weightwise' or block ids, got {blocks!r}")
+def _to_host(ns):
+    """The conversion of ``blocks`` to the host: a namespace array's ids as a NumPy array, any other value as
+    given."""
+
+    def convert(blocks):
+        if hasattr(blocks, "shape") and not isinstance(blocks, (np.ndarray, np.generic)):
+            return ns.to_numpy(blocks)
         return blocks
-    if hasattr(blocks, "shape") and not isinstance(blocks, (np.ndarray, np.generic)):
-        blocks = ns.to_numpy(blocks)
-    try:
-        ids = np.asarray(blocks, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise HyperparameterError("blocks", f"is not an array of block ids ({exc})") from None
-    if ids.ndim != 1 or ids.size == 0 or not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)) or ids.min() != 0:
-        raise HyperparameterError("blocks", "must be a vector of integer block ids starting at 0, one per weight")
-    ids = ids.astype(np.int64)
-    missing = sorted(set(range(int(ids.max()) + 1)) - set(ids.tolist()))
-    if missing:
-        raise HyperparameterError("blocks", f"block ids {missing} are used by no weight: the blocks must cover 0…m−1")
-    ids.flags.writeable = False
-    return ids
+
+    return convert
 
 
 def metaoptimize(
@@ -1106,4 +1077,4 @@ def metaoptimize(
         meta_kappa,
         meta_eps,
     )
-    return MetaOptimize(ns, needs, blocks=_check_blocks(blocks, ns), clip_decay=clip_decay, **hp)
+    return MetaOptimize(ns, needs, blocks=host.block_partition(blocks, _to_host(ns)), clip_decay=clip_decay, **hp)

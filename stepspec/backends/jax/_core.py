@@ -35,7 +35,9 @@ import numpy as np
 
 from ..._core import Observation
 from ...errors import ObservationError, StateError
-from ...spec import check_hyperparameters
+from .. import _structured
+from .._structured import Layout, Shapes, host_counter, raise_first_non_finite
+from .._structured import hyperparameters as hyperparameters
 
 DTYPES = {"float64": jnp.float64, "float32": jnp.float32}
 COUNTER_DTYPE = jnp.int32
@@ -71,7 +73,7 @@ def reduce_sum(partials: Sequence[jax.Array]) -> jax.Array:
 
 
 @dataclass(frozen=True)
-class Structure:
+class Structure(Shapes):
     """The pytree structure and leaf shapes of the parameters; ``single`` when they were one 1-D array."""
 
     treedef: Any
@@ -81,14 +83,6 @@ class Structure:
     @property
     def single(self) -> bool:
         return jax.tree_util.treedef_is_leaf(self.treedef)
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return tuple(math.prod(s) for s in self.shapes)
-
-    @property
-    def n(self) -> int:
-        return sum(self.sizes)
 
     def unflatten(self, leaves):
         return jax.tree_util.tree_unflatten(self.treedef, list(leaves))
@@ -123,13 +117,7 @@ def _check_finite(name: str, leaves: list, error: type) -> None:
     """``error(name, …)`` at the first non-finite entry, after one compiled check (one host read)."""
     if not leaves or bool(_all_finite(leaves)):
         return
-    offset = 0
-    for leaf in leaves:
-        flat = np.asarray(leaf).reshape(-1)
-        bad = np.flatnonzero(~np.isfinite(flat))
-        if bad.size:
-            raise error(name, f"must be finite, got {flat[bad[0]]} at flat index {offset + int(bad[0])}")
-        offset += flat.size
+    raise_first_non_finite(name, leaves, error)
 
 
 def as_leaves(name: str, value, error: type, dtype: str, structure: Structure | None = None):
@@ -165,19 +153,6 @@ def as_leaves(name: str, value, error: type, dtype: str, structure: Structure | 
 # --------------------------------------------------------------------------- state layouts
 
 
-class Layout(abc.ABC):
-    """How one spec state field is stored in an algorithm's state pytree, and shown flat."""
-
-    @abc.abstractmethod
-    def flat(self, stored, structure: Structure):
-        """The spec's view of the stored value."""
-
-    @abc.abstractmethod
-    def store(self, name: str, value, structure: Structure, default=None):
-        """An ``init`` override (flat, as the spec shows the field) as stored, or ``StateError``; ``default``
-        is the field's S_0 as stored (its shape is the override's)."""
-
-
 class PerParameter(Layout):
     """(n,): a pytree of the parameters' structure."""
 
@@ -199,10 +174,9 @@ class Counter(Layout):
         return int(stored)
 
     def store(self, name, value, structure, default=None):
-        if isinstance(value, (jax.Array, np.ndarray)) and value.shape == () and value.dtype.kind in "iu":
+        if isinstance(value, jax.Array) and value.shape == () and value.dtype.kind in "iu":
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise StateError(name, f"must be a non-negative integer, got {value!r}")
+        value = host_counter(name, value)
         if value > np.iinfo(np.int32).max:
             raise StateError(name, f"must fit an int32 counter, got {value}")
         return jnp.asarray(value, COUNTER_DTYPE)
@@ -282,29 +256,19 @@ PARAM, COUNTER, WHOLE, SCALAR = PerParameter(), Counter(), Whole(), Scalar()
 
 
 @jax.tree_util.register_pytree_node_class
-class State:
-    """An algorithm's state pytree (``tree``, a NamedTuple) on a parameter structure, each spec field
-    shown flat as an attribute. A pytree itself (its leaves are the tree's), so it checkpoints and passes
-    through ``jax.jit`` as any other; F returns a new one."""
+class State(_structured.FlatFields):
+    """An algorithm's state pytree (``tree``, a NamedTuple, what the compiled F and G take and return) on a
+    parameter structure, each spec field shown flat. A pytree itself (its leaves are the tree's), so it
+    checkpoints and passes through ``jax.jit`` as any other; F returns a new one."""
 
     def __init__(self, tree: NamedTuple, structure: Structure, layouts: Mapping[str, Layout]):
         object.__setattr__(self, "tree", tree)
         object.__setattr__(self, "structure", structure)
         object.__setattr__(self, "_layouts", layouts)
 
-    def __getattr__(self, name):
-        layouts = object.__getattribute__(self, "_layouts")
-        if name not in layouts:
-            raise AttributeError(name)
+    def _flat(self, name, layout):
         with precision(self.structure.dtype):
-            return layouts[name].flat(getattr(self.tree, name), self.structure)
-
-    def __setattr__(self, name, value):
-        raise AttributeError("a State is a value: F returns a new one")
-
-    def fields(self) -> dict:
-        """The spec's fields, flat."""
-        return {name: getattr(self, name) for name in self._layouts}
+            return layout.flat(getattr(self.tree, name), self.structure)
 
     def tree_flatten(self):
         return (self.tree,), (self.structure, tuple(self._layouts.items()))
@@ -482,7 +446,7 @@ def call_compiled(compiled: Callable, obs: Observation, structure: Structure, sc
 # --------------------------------------------------------------------------- optimizers
 
 
-class Optimizer(abc.ABC):
+class Optimizer(_structured.Optimizer):
     """Base of the jax optimizers: the (F, G) contract of spec/formalism.md on parameter pytrees.
 
     Subclasses set ``algo``, ``layouts`` (spec field → Layout, in the order of ``StateTree``'s fields) and
@@ -493,8 +457,7 @@ class Optimizer(abc.ABC):
     the host, then call the compiled functions inside ``precision``.
     """
 
-    algo: str
-    layouts: Mapping[str, Layout]
+    backend = "jax"
     StateTree: type
 
     def __init_subclass__(cls, **kwargs):
@@ -508,13 +471,8 @@ class Optimizer(abc.ABC):
     def __init__(self, dtype: str = "float64", needs=frozenset({"grad"}), **hyperparameters):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        self.hyperparameters = dict(hyperparameters)
-        self.__dict__.update(hyperparameters)
-        self.dtype, self.needs = dtype, frozenset(needs)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())
-        return f"jax.{self.algo}({args})"
+        super().__init__(needs, hyperparameters)
+        self.dtype = dtype
 
     # -- the contract -------------------------------------------------------------------
 
@@ -523,11 +481,7 @@ class Optimizer(abc.ABC):
         field, given flat as the spec shows it."""
         with precision(self.dtype):
             params, structure = as_leaves("theta0", theta0, StateError, self.dtype)
-            stored = self.initial_state(structure)._asdict()
-            for name, value in initial_state.items():
-                if name not in self.layouts:
-                    raise StateError(name, f"is not a state field of {self.algo}; fields: {sorted(self.layouts)}")
-                stored[name] = self.layouts[name].store(name, value, structure, stored[name])
+            stored = self.overridden(self.initial_state(structure)._asdict(), initial_state, structure)
         return State(self.StateTree(**stored), structure, self.layouts)
 
     def F(self, state: State, obs) -> State:
@@ -641,13 +595,7 @@ class Optimizer(abc.ABC):
     def check_observation(self, obs, structure: Structure) -> StepInput:
         """The observation as a ``StepInput`` of the working precision (fields this algorithm does not need
         are None), or ``ObservationError`` naming the field. Call inside ``precision``."""
-        if not isinstance(obs, Observation):
-            raise ObservationError("obs", f"must be a stepspec.Observation, got {type(obs).__name__}")
-        for name in sorted(self.needs):
-            if getattr(obs, name) is None:
-                raise ObservationError(
-                    name, f"{self.algo} needs Observation.{name} (spec/formalism.md#observation); it is None"
-                )
+        self.check_needs(obs)
         grad, _ = as_leaves("grad", obs.grad, ObservationError, self.dtype, structure)
         params = loss = None
         if "params" in self.needs:
@@ -658,8 +606,3 @@ class Optimizer(abc.ABC):
             if loss.shape != ():
                 raise ObservationError("loss", f"must have shape (), got {tuple(loss.shape)}")
         return StepInput(structure.unflatten(grad), params, loss)
-
-
-def hyperparameters(algo: str, **values) -> dict:
-    """The spec table's validation (domains, defaults, types), as the reference applies it."""
-    return check_hyperparameters(algo, **values)

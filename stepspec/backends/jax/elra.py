@@ -29,6 +29,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...errors import ObservationError, StateError
+from ...reference.elra import (
+    ABSOLUTE_BOUND,
+    AUTHORS_ERROR_DAMPER,
+    AUTHORS_GROWTH_DAMPER,
+    AUTHORS_SMALL_DIMENSION,
+    CROP,
+    GROWTH,
+    HISTORY,
+    NO_LIMIT,
+    RATIO_CAP,
+    WARMUP_FLOOR,
+)
 from .. import _hyperparameters as checked
 from ._core import (
     COUNTER,
@@ -45,16 +57,6 @@ from ._core import (
     reduce_sum,
 )
 
-# Which rule set α at the last step (state field ``limit``, spec/elra.md).
-NO_LIMIT, RATIO_CAP, CROP, WARMUP_FLOOR, ABSOLUTE_BOUND = range(5)
-
-GROWTH = 1.5  # (E9) the batch multiple's factor per controller update
-HISTORY = 4  # (E9) period means kept, newest first: f̄_s … f̄_{s−3}
-PAPER_INITIAL_LR = 1e-3  # Sec. 3.1: α_0 = 10⁻³
-AUTHORS_INITIAL_LR = 1e-5  # convention='authors_code': the January-2024 code starts at 10⁻⁵
-AUTHORS_GROWTH_DAMPER = 855000.0  # authors_code: D_0, γ_max = 10⁶/(1 + D)
-AUTHORS_ERROR_DAMPER = 500000.0  # authors_code: E_0, and where a rising step pins E once E ≥ E_0
-AUTHORS_SMALL_DIMENSION = 20  # authors_code: n ≤ 20 has no correction factor and no 1.1 f(x_0) start rule
 INT32_MAX = int(np.iinfo(np.int32).max)
 MULTIPLE_MAX = 2**30  # the computed multiple's ceiling: an int32 exactly representable in float32 too
 
@@ -670,8 +672,6 @@ def elra(
 ):
     """ELRA (paper 004, Sec. 3), the form that keeps G_{t−1}; ``lr`` (α_0) defaults to 1e-3, or to 1e-5
     with convention='authors_code'."""
-    if lr is None:
-        lr = AUTHORS_INITIAL_LR if convention == "authors_code" else PAPER_INITIAL_LR
     values = dict(locals())
     del values["dtype"]
     hp = checked.elra("elra", values)

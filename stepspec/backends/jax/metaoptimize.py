@@ -33,8 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ...errors import HyperparameterError, StateError
+from ...errors import HyperparameterError
 from .. import _hyperparameters as checked
+from .. import _metaoptimize_host as host
 from ._core import COUNTER, DTYPES, PARAM, WHOLE, Columns, Layout, Optimizer, log, reduce_sum
 from .idbd import hessian_diagonal
 
@@ -396,9 +397,7 @@ class _DiagonalBlocks(Layout):
         blocks = np.asarray(WHOLE.store(name, value, structure, jnp.zeros((3 * m, m)))).reshape(3, m, m)
         diagonals = np.diagonal(blocks, axis1=1, axis2=2)
         if np.any(blocks - diagonals[:, :, None] * np.eye(m) != 0):
-            raise StateError(
-                name, "must have diagonal blocks: with hessian='free' or 'diagonal' every state a run does"
-            )
+            raise host.off_diagonal_blocks(name)
         return tuple(self.vector.store(name, d, structure, default[0]) for d in diagonals)
 
 
@@ -429,11 +428,7 @@ class _RowSparse(Layout):
         for r in rows:
             flat[r, ids] = 0
         if np.any(flat != 0):
-            raise StateError(
-                name,
-                "must be zero outside column b(j) of weight j's rows: with hessian='free' or 'diagonal' every "
-                "state a run reaches has that pattern, and the jax backend stores only those entries",
-            )
+            raise host.off_row_sparse_pattern(name, "jax")
         return tuple(PARAM.store(name, e, structure) for e in entries)
 
 
@@ -823,25 +818,6 @@ def _dense_F(s, static, state, step):
 # --------------------------------------------------------------------------- constructor (the spec's signature)
 
 
-def _check_blocks(blocks):
-    """'scalar', 'weightwise', or integer block ids 0…m−1 (each used), one per weight."""
-    if isinstance(blocks, str):
-        if blocks not in ("scalar", "weightwise"):
-            raise HyperparameterError("blocks", f"must be 'scalar', 'weightwise' or block ids, got {blocks!r}")
-        return blocks
-    try:
-        ids = np.asarray(blocks, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise HyperparameterError("blocks", f"is not an array of block ids ({exc})") from None
-    if ids.ndim != 1 or ids.size == 0 or not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)) or ids.min() != 0:
-        raise HyperparameterError("blocks", "must be a vector of integer block ids starting at 0, one per weight")
-    ids = ids.astype(np.int64)
-    missing = sorted(set(range(int(ids.max()) + 1)) - set(ids.tolist()))
-    if missing:
-        raise HyperparameterError("blocks", f"block ids {missing} are used by no weight: the blocks must cover 0…m−1")
-    return ids
-
-
 def metaoptimize(
     base,
     meta,
@@ -893,4 +869,4 @@ def metaoptimize(
         meta_kappa,
         meta_eps,
     )
-    return MetaOptimize(dtype, needs, blocks=_check_blocks(blocks), clip_decay=clip_decay, **hp)
+    return MetaOptimize(dtype, needs, blocks=host.block_partition(blocks), clip_decay=clip_decay, **hp)

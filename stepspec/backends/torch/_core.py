@@ -16,16 +16,16 @@ backend would put its collective (spec/backends.md#reductions).
 from __future__ import annotations
 
 import abc
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..._core import Observation
 from ...errors import ObservationError, StateError
-from ...spec import check_hyperparameters
+from .. import _structured
+from .._structured import Layout, Shapes, StepInput, host_scalar
+from .._structured import hyperparameters as hyperparameters
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -53,21 +53,13 @@ def inner(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tenso
 
 
 @dataclass(frozen=True)
-class Structure:
+class Structure(Shapes):
     """The shapes of a parameter structure; ``single`` when it was given as one 1-D tensor."""
 
     shapes: tuple[torch.Size, ...]
     single: bool
     dtype: torch.dtype
     device: torch.device
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return tuple(math.prod(s) for s in self.shapes)
-
-    @property
-    def n(self) -> int:
-        return sum(self.sizes)
 
     def zeros(self) -> list[torch.Tensor]:
         return [torch.zeros(s, dtype=self.dtype, device=self.device) for s in self.shapes]
@@ -151,40 +143,22 @@ def as_tensors(name: str, value, error: type, dtype: torch.dtype, device, struct
     return tensors, shaped
 
 
-def as_host_scalar(name: str, value, error: type) -> float:
-    """A real finite scalar (the loss, a scalar state field) as a Python float: host scalars stay float64."""
+def _scalar_item(name: str, value, error: type):
+    """A 0-d real tensor as its Python number, or ``error(name, …)``; host values as they are."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.dim() != 0:
             raise error(name, f"must have shape (), got {tuple(value.shape)}")
         _kind_error(name, value, error)
-        value = value.item()
-    array = np.asarray(value)
-    if array.dtype.kind not in "fiu":
-        raise error(name, f"must be a real array, got dtype {array.dtype}")
-    if array.shape != ():
-        raise error(name, f"must have shape (), got {array.shape}")
-    x = float(array)
-    if not math.isfinite(x):
-        raise error(name, f"must be finite, got {x}")
-    return x
+        return value.item()
+    return value
+
+
+def as_host_scalar(name: str, value, error: type) -> float:
+    """A real finite scalar (the loss, a scalar state field) as a Python float: host scalars stay float64."""
+    return host_scalar(name, _scalar_item(name, value, error), error)
 
 
 # --------------------------------------------------------------------------- state layouts
-
-
-class Layout(abc.ABC):
-    """How one spec state field is stored in a structured state, and shown flat."""
-
-    @abc.abstractmethod
-    def flat(self, stored, structure: Structure):
-        """The spec's view of the stored value."""
-
-    @abc.abstractmethod
-    def store(self, name: str, value, structure: Structure, default):
-        """An ``init`` override (a flat native array, or a host value) as stored, or ``StateError``."""
-
-    def clone(self, stored):
-        return stored
 
 
 class PerParameter(Layout):
@@ -249,95 +223,31 @@ class Whole(Layout):
         return stored.clone()
 
 
-class Counter(Layout):
-    """A non-negative int on the host (a step counter, a decision)."""
-
-    def flat(self, stored, structure):
-        return stored
-
-    def store(self, name, value, structure, default):
-        if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
-            value = int(value.item())
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise StateError(name, f"must be a non-negative integer, got {value!r}")
-        return int(value)
+def _host_integer(name, value, structure):
+    """A 0-d integer tensor as a Python int (a counter given as a tensor); other values as they are."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+        return int(value.item())
+    return value
 
 
-class HostScalar(Layout):
-    """A real scalar on the host, float64 in every precision (ELRA's α, a loss statistic)."""
-
-    def flat(self, stored, structure):
-        return stored
-
-    def store(self, name, value, structure, default):
-        return as_host_scalar(name, value, StateError)
+PARAM, WHOLE = PerParameter(), Whole()
+COUNTER = _structured.Counter(_host_integer)
+HOST = _structured.HostScalar(lambda name, value, structure: _scalar_item(name, value, StateError))
 
 
-PARAM, WHOLE, COUNTER, HOST = PerParameter(), Whole(), Counter(), HostScalar()
-
-
-class State:
-    """A structured state: the stored form of each spec field, shown flat as an attribute. F returns a
-    new State; the one it was given is not modified."""
-
-    def __init__(self, layouts: Mapping[str, Layout], structure: Structure, stored: dict):
-        object.__setattr__(self, "_layouts", layouts)
-        object.__setattr__(self, "structure", structure)
-        object.__setattr__(self, "stored", stored)
-
-    def __getattr__(self, name):
-        layouts = object.__getattribute__(self, "_layouts")
-        if name not in layouts:
-            raise AttributeError(name)
-        return layouts[name].flat(self.stored[name], self.structure)
-
-    def __setattr__(self, name, value):
-        raise AttributeError("a State is a value: F returns a new one")
-
-    def replace(self, **stored) -> State:
-        """A new state with some stored fields replaced (the others shared: never mutated)."""
-        return State(self._layouts, self.structure, {**self.stored, **stored})
+class State(_structured.State):
+    """A structured state whose ``clone`` the in-place step (``Optimizer._F_``) may overwrite: F runs it on
+    a clone, so the State it was given is not modified."""
 
     def clone(self) -> State:
         """A deep copy whose tensors the in-place step may overwrite."""
         return State(self._layouts, self.structure, {k: self._layouts[k].clone(v) for k, v in self.stored.items()})
 
-    def fields(self) -> dict:
-        """The spec's fields, flat."""
-        return {name: getattr(self, name) for name in self._layouts}
-
-
-# --------------------------------------------------------------------------- observations
-
-
-@dataclass(frozen=True)
-class StepInput:
-    """A validated observation on the parameter structure: lists of tensors, a host loss, and the
-    curvature products as functions of lists."""
-
-    grad: list
-    params: list | None = None
-    loss: float | None = None
-    hvp: Callable | None = None
-    third: Callable | None = None
-
-
-def _structured_product(name: str, function: Callable, structure: Structure) -> Callable:
-    """``function`` of the caller's form (one tensor or a list) as a function of lists, its results
-    checked like observations."""
-
-    def product(*vectors):
-        args = [structure.as_given(list(v)) for v in vectors]
-        result, _ = as_tensors(name, function(*args), ObservationError, structure.dtype, structure.device, structure)
-        return result
-
-    return product
-
 
 # --------------------------------------------------------------------------- optimizers
 
 
-class Optimizer(abc.ABC):
+class Optimizer(_structured.Optimizer):
     """Base of the torch optimizers: the (F, G) contract of spec/formalism.md on parameter structures.
 
     Subclasses set ``algo`` and ``layouts`` (spec field → Layout) and implement ``initial_state`` (the
@@ -346,17 +256,11 @@ class Optimizer(abc.ABC):
     ``_F_`` on the live state followed by ``_apply_`` on the parameters.
     """
 
-    algo: str
-    layouts: Mapping[str, Layout]
+    backend = "torch"
 
     def __init__(self, dtype=torch.float64, device="cpu", needs=frozenset({"grad"}), **hyperparameters):
-        self.hyperparameters = dict(hyperparameters)
-        self.__dict__.update(hyperparameters)
-        self.dtype, self.device, self.needs = dtype, torch.device(device), frozenset(needs)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())
-        return f"torch.{self.algo}({args})"
+        super().__init__(needs, hyperparameters)
+        self.dtype, self.device = dtype, torch.device(device)
 
     # -- the contract -------------------------------------------------------------------
 
@@ -364,11 +268,7 @@ class Optimizer(abc.ABC):
         """S_0 for parameters ``theta0`` (a vector or a list of tensors); keyword arguments override any
         field, given flat as the spec shows it."""
         params, structure = as_tensors("theta0", theta0, StateError, self.dtype, self.device)
-        stored = self.initial_state(structure, params)
-        for name, value in initial_state.items():
-            if name not in self.layouts:
-                raise StateError(name, f"is not a state field of {self.algo}; fields: {sorted(self.layouts)}")
-            stored[name] = self.layouts[name].store(name, value, structure, stored[name])
+        stored = self.overridden(self.initial_state(structure, params), initial_state, structure)
         return State(self.layouts, structure, stored)
 
     def F(self, state: State, obs) -> State:
@@ -419,29 +319,16 @@ class Optimizer(abc.ABC):
 
     def check_observation(self, obs, structure: Structure) -> StepInput:
         """The observation as a StepInput on ``structure``, or ``ObservationError`` naming the field."""
-        if not isinstance(obs, Observation):
-            raise ObservationError("obs", f"must be a stepspec.Observation, got {type(obs).__name__}")
-        for name in sorted(self.needs):
-            if getattr(obs, name) is None:
-                raise ObservationError(
-                    name, f"{self.algo} needs Observation.{name} (spec/formalism.md#observation); it is None"
-                )
+        self.check_needs(obs)
         dtype, device = structure.dtype, structure.device
         grad, _ = as_tensors("grad", obs.grad, ObservationError, dtype, device, structure)
         params = None
         if "params" in self.needs:
             params, _ = as_tensors("params", obs.params, ObservationError, dtype, device, structure)
         loss = as_host_scalar("loss", obs.loss, ObservationError) if "loss" in self.needs else None
-        products = {}
-        for name in ("hvp", "third"):
-            if name in self.needs:
-                function = getattr(obs, name)
-                if not callable(function):
-                    raise ObservationError(name, f"must be callable, got {type(function).__name__}")
-                products[name] = _structured_product(name, function, structure)
+
+        def as_list(name, value):
+            return as_tensors(name, value, ObservationError, dtype, device, structure)[0]
+
+        products = _structured.structured_products(obs, self.needs, structure, as_list)
         return StepInput(grad, params, loss, products.get("hvp"), products.get("third"))
-
-
-def hyperparameters(algo: str, **values) -> dict:
-    """The spec table's validation (domains, defaults, types), as the reference applies it."""
-    return check_hyperparameters(algo, **values)

@@ -5,31 +5,21 @@ A step is: the retrace decision (E7), on the host from the loss and host state a
 products and norms as per-tensor partial sums, combined by ``_core.reduce_sum`` in one round and read to
 the host once (the step's one host synchronisation, skipped when no scalar is needed: a lean retrace, a
 first step without crop or warm-up); the α rules (E1–E6), the period statistics and the batch controller
-(E8–E9) in host floats; then elementwise passes over the tensors. Host scalars are float64 in every
+(E8–E9) in host floats (``stepspec.backends._elra_host``, shared with the array-API backend); then elementwise
+passes over the tensors. Host scalars are float64 in every
 precision, as the spec's state table has them.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ...errors import ObservationError, StateError
+from ...errors import StateError
+from ...reference.elra import HISTORY
 from .. import _hyperparameters as checked
+from .._elra_host import ELRA_FIELDS, LEAN_FIELDS, LEAN_SUMS, HostRules
 from . import _fused
 from ._core import COUNTER, HOST, PARAM, WHOLE, Layout, Optimizer, as_tensors, reduce_sum
-
-# Which rule set α at the last step (state field ``limit``, spec/elra.md).
-NO_LIMIT, RATIO_CAP, CROP, WARMUP_FLOOR, ABSOLUTE_BOUND = range(5)
-
-GROWTH = 1.5  # (E9) the batch multiple's factor per controller update
-HISTORY = 4  # (E9) period means kept, newest first: f̄_s … f̄_{s−3}
-PAPER_INITIAL_LR = 1e-3  # Sec. 3.1: α_0 = 10⁻³
-AUTHORS_INITIAL_LR = 1e-5  # convention='authors_code': the January-2024 code starts at 10⁻⁵
-AUTHORS_GROWTH_DAMPER = 855000.0  # authors_code: D_0, γ_max = 10⁶/(1 + D)
-AUTHORS_ERROR_DAMPER = 500000.0  # authors_code: E_0, and where a rising step pins E once E ≥ E_0
-AUTHORS_SMALL_DIMENSION = 20  # authors_code: n ≤ 20 has no correction factor and no 1.1 f(x_0) start rule
 
 
 class HostHistory(Layout):
@@ -76,39 +66,15 @@ def lean_partials(x_prev, theta, grad, decay: float) -> list[torch.Tensor]:
 
 SUMS = {"g_prev_sq": ("g_prev", "g_prev"), "inner": ("grad", "g_prev"), "g_sq": ("grad", "grad")}
 """``elra``'s reduced scalars, as the inner products of which vectors: ‖G_{t−1}‖², ⟨G_t, G_{t−1}⟩, ‖G_t‖²."""
-LEAN_SUMS = ("step_inner", "g_sq")
-"""``elra_lean``'s reduced scalars (``lean_partials``): ⟨ω x_{t−1} − x_t, G_t⟩ and ‖G_t‖²."""
 
 
-class _ELRABase(Optimizer):
-    """What both forms share: the α rules (E1–E6), the retrace rule (E7), the period statistics, the batch
-    controller (E8–E10) and boosting (E11)."""
-
-    common_layouts = {
-        "step": COUNTER,
-        "alpha": HOST,
-        "x_prev": PARAM,
-        "f_prev": HOST,
-        "f_initial": HOST,
-        "retraced": COUNTER,
-        "limit": COUNTER,
-        "periods": COUNTER,
-        "period_batches": COUNTER,
-        "period_count": COUNTER,
-        "period_mean": HOST,
-        "period_m2": HOST,
-        "last_mean": HOST,
-        "last_std": HOST,
-        "means": HostHistory(),
-        "updates": COUNTER,
-        "multiple": COUNTER,
-    }
-    form_layouts: dict[str, Layout]
+class _ELRABase(HostRules, Optimizer):
+    """What both forms share on torch: the state's layouts and initial values, and boosting's (E11) vectors around
+    the shared host rules (``_elra_host.HostRules``: α, the retrace rule, the periods, the batch controller)."""
 
     def __init__(self, dtype, device, **hp):
         super().__init__(dtype, device, needs=frozenset({"grad", "params", "loss"}), **hp)
-        boosted = PARAM if self.boost else WHOLE  # x_sum, x_mean: n, or an empty vector without boost
-        self.layouts = {**self.common_layouts, **self.form_layouts, "x_sum": boosted, "x_mean": boosted}
+        self.layouts = self.state_layouts(COUNTER, HOST, PARAM, HostHistory(), WHOLE)
 
     def common_initial_state(self, structure, params) -> dict:
         if self.boost:
@@ -116,130 +82,30 @@ class _ELRABase(Optimizer):
         else:
             x_sum, x_mean = (torch.zeros(0, dtype=structure.dtype, device=structure.device) for _ in range(2))
         return {
-            "step": 0,
-            "alpha": self.lr,
+            **self.common_host_state(),
             "x_prev": [p.clone() for p in params],
-            "f_prev": 0.0,
-            "f_initial": 0.0,
-            "retraced": 0,
-            "limit": NO_LIMIT,
-            "periods": 0,
-            "period_batches": 0,
-            "period_count": 0,
-            "period_mean": 0.0,
-            "period_m2": 0.0,
-            "last_mean": 0.0,
-            "last_std": 0.0,
             "means": torch.zeros(HISTORY, dtype=structure.dtype),
-            "updates": 0,
-            "multiple": self.initial_multiple,
             "x_sum": x_sum,
             "x_mean": x_mean,
         }
 
-    # -- α (host floats) --------------------------------------------------------------------
-
-    def kappa(self, alpha: float) -> float:
-        """(E2) κ(α_{t−1}) = 1 + 0.15 (1 + α_{t−1}²)⁻¹, or 1 without the correction."""
-        return 1.0 + 0.15 / (1.0 + alpha * alpha) if self.correction == "paper" else 1.0
-
-    def adapted_alpha(self, alpha: float, g_prev_sq: float, inner: float) -> tuple[float, int]:
-        """(E1, E3) α κ ‖G_{t−1}‖² / (‖G_{t−1}‖² − ⟨G_t, G_{t−1}⟩), the ratio capped at γ_max; a zero last
-        gradient keeps α, a denominator ≤ 0 is the cap case."""
-        if g_prev_sq == 0.0:
-            return alpha, NO_LIMIT
-        denominator = g_prev_sq - inner
-        if denominator <= 0.0:
-            return alpha * self.max_ratio, RATIO_CAP
-        ratio = self.kappa(alpha) * g_prev_sq / denominator
-        if ratio > self.max_ratio:
-            return alpha * self.max_ratio, RATIO_CAP
-        return alpha * ratio, NO_LIMIT
-
     @staticmethod
-    def retrace_alpha(alpha: float, g_prev_sq: float, f: float, f_prev: float) -> float:
-        """(E7) the parabola minimiser ½α²‖G_{t−1}‖²/(f_t − f_{t−1} + α‖G_{t−1}‖²), factor at most ½; halve
-        when the parabola has no minimum."""
-        denominator = f - f_prev + alpha * g_prev_sq
-        if g_prev_sq == 0.0 or denominator <= 0.0:
-            return 0.5 * alpha
-        return alpha * min(0.5, 0.5 * alpha * g_prev_sq / denominator)
-
-    def limited_alpha(self, alpha: float, limit: int, norm: float, t: int, retraced: bool) -> tuple[float, int]:
-        """(E4) crop, (E5) warm-up floor (not on a retrace), (E6) absolute bounds, in that order; ``norm`` is
-        ‖G‖ of the gradient the step uses."""
-        if self.crop is not None and alpha * norm > self.crop:
-            alpha, limit = self.crop / norm, CROP
-        if t <= self.warmup_steps and not retraced and norm > 0.0 and alpha * norm < self.warmup_floor:
-            alpha, limit = self.warmup_floor / norm, WARMUP_FLOOR
-        bounded = min(max(alpha, self.lr_min), self.lr_max)
-        return (bounded, ABSOLUTE_BOUND) if bounded != alpha else (alpha, limit)
-
-    def needs_norm(self, t: int) -> bool:
-        """Whether (E4, E5) read ‖G‖ at step t."""
-        return self.crop is not None or t <= self.warmup_steps
-
-    def should_retrace(self, s: dict, f: float) -> bool:
-        """(E7) f above the last period's f̄ + kσ; before the first period closes, above f(x_0) + 0.1|f(x_0)|."""
-        if not self.retrace:
-            return False
-        if s["periods"] > 0:
-            return f > s["last_mean"] + self.retrace_sigmas * s["last_std"]
-        return self.initial_retrace and f > s["f_initial"] + 0.1 * abs(s["f_initial"])
-
-    def gradient_scale(self, s: dict) -> float:
-        """(E10) G̃ = G · m_0/m_t."""
-        return self.initial_multiple / s["multiple"] if self.gradient_decay else 1.0
-
-    # -- periods (host, and x_sum on the device) ---------------------------------------------
+    def shifted_means(means: torch.Tensor, mean: float) -> torch.Tensor:
+        """The stored history with the closing period's f̄ in front, in the history's precision."""
+        return torch.cat([torch.tensor([mean], dtype=means.dtype), means[:-1]])
 
     def account_period_(self, s: dict, f: float, theta: list[torch.Tensor], accepted: bool) -> None:
-        """(E8, E9, E11) Count this step's minimal batches, and its loss and point when accepted; close the
-        period once it has consumed ``period`` minimal batches and holds an accepted loss."""
-        s["period_batches"] += s["multiple"]
-        if accepted:
-            s["period_count"] += 1
-            delta = f - s["period_mean"]
-            s["period_mean"] += delta / s["period_count"]
-            s["period_m2"] += delta * (f - s["period_mean"])  # Welford
-            if self.boost:
-                torch._foreach_add_(s["x_sum"], theta)
-        count = s["period_count"]
-        if s["period_batches"] < self.period or count == 0:
-            return
-        mean, std = s["period_mean"], math.sqrt(s["period_m2"] / count)  # population σ
-        means = s["means"]
-        means[1:] = means[:-1].clone()
-        means[0] = mean
+        """The period's host fields (``period_host_fields``), and boosting's (E11) x_sum and, when the period
+        closes, x_mean."""
+        fields, closed = self.period_host_fields(s, f, accepted)
         if self.boost:
-            torch._foreach_copy_(s["x_mean"], s["x_sum"])
-            torch._foreach_div_(s["x_mean"], count)
-            torch._foreach_zero_(s["x_sum"])
-        s.update(
-            periods=s["periods"] + 1,
-            period_batches=0,
-            period_count=0,
-            period_mean=0.0,
-            period_m2=0.0,
-            last_mean=mean,
-            last_std=std,
-        )
-        if self.batch_control and self.batch_triggered(means.tolist(), std, s["periods"]):
-            s["updates"] += 1
-            s["multiple"] = self.multiple_after(s["updates"])
-
-    @staticmethod
-    def batch_triggered(means: list[float], std: float, periods: int) -> bool:
-        """(E9) on f̄_s = means[0], f̄_{s−1} = means[1], … (as stored) and σ_s."""
-        rising = periods >= 2 and means[0] > means[1] + std / 10  # (1)
-        noisy = std > 0.5 * abs(means[0])  # (2) σ_s/f̄_s > ½
-        stalled = periods >= 4 and means[3] < min(means[0], means[1], means[2])  # (3)
-        return rising or noisy or stalled
-
-    def multiple_after(self, updates: int) -> int:
-        """(E9) cascades: exponent k − 2⌊k/3⌋ after k updates; m_0 · 1.5^e rounded half up, at least 1."""
-        exponent = updates - 2 * (updates // 3)
-        return max(1, math.floor(self.initial_multiple * GROWTH**exponent + 0.5))
+            if accepted:
+                torch._foreach_add_(s["x_sum"], theta)
+            if closed:
+                torch._foreach_copy_(s["x_mean"], s["x_sum"])
+                torch._foreach_div_(s["x_mean"], closed)
+                torch._foreach_zero_(s["x_sum"])
+        s.update(fields)
 
 
 # --------------------------------------------------------------------------- elra
@@ -247,15 +113,13 @@ class _ELRABase(Optimizer):
 
 class ELRA(_ELRABase):
     algo = "elra"
-    form_layouts = {"g_prev": PARAM, "growth_damper": HOST, "error_damper": HOST, "relaxed_best": HOST}
+    own_fields = ELRA_FIELDS
 
     def initial_state(self, structure, params):
         return {
             **self.common_initial_state(structure, params),
             "g_prev": structure.zeros(),
-            "growth_damper": AUTHORS_GROWTH_DAMPER,
-            "error_damper": AUTHORS_ERROR_DAMPER,
-            "relaxed_best": 0.0,
+            **self.elra_host_state(),
         }
 
     def _F_(self, state, step):
@@ -275,38 +139,27 @@ class ELRA(_ELRABase):
         tensors = {"grad": step.grad, "g_prev": s["g_prev"]}
         return reduced_inner_products([tuple(tensors[x] for x in SUMS[name]) for name in names])
 
-    def needed_sums(self, t: int, first: bool) -> tuple[str, ...]:
-        """The step's reduction: ‖G_{t−1}‖² and ⟨G_t, G_{t−1}⟩ after the first step, ‖G_t‖² when the crop or the
-        warm-up floor reads it (G_t = G̃_t/scale)."""
-        norm = ("g_sq",) if self.needs_norm(t) else ()
-        return norm if first else ("g_prev_sq", "inner", *norm)
+    @staticmethod
+    def host_sums(s: dict, step, reduce, names: tuple[str, ...], scale: float) -> dict[str, float]:
+        """The sums ``elra_fields`` and ``authors_fields`` ask for, from the ``SUMS`` that ``reduce(s, step,
+        names)`` returns in one round: the denominator D = ‖G_{t−1}‖² − ⟨G̃_t, G_{t−1}⟩ of (E1) from ‖G_{t−1}‖² and
+        ⟨G_t, G_{t−1}⟩ (G̃_t = scale·G_t)."""
+        wanted = tuple(name for name in SUMS if name in names or name == "inner" and "denominator" in names)
+        sums = dict(zip(wanted, reduce(s, step, wanted)))
+        if "inner" in sums:
+            sums["denominator"] = sums["g_prev_sq"] - scale * sums.pop("inner")
+        return sums
 
     def advance_host_(self, s: dict, step, reduce) -> tuple[bool, float]:
-        """Everything of F but the vectors x_{t−1}, G_{t−1}: the retrace decision, the step's one round
-        ``reduce(s, step, names)`` (host floats), α (E1–E7), the period statistics, the counters. Returns
+        """Everything of F but the vectors x_{t−1}, G_{t−1}: the host fields (``elra_fields``) around the step's
+        one round ``reduce(s, step, names)`` of ``SUMS`` (host floats), and the period statistics. Returns
         (retraced, the gradient scale of E10)."""
-        f = step.loss
-        t, scale, first = s["step"] + 1, self.gradient_scale(s), s["step"] == 0
-        retraced = not first and self.should_retrace(s, f)
-        names = self.needed_sums(t, first)
-        sums = dict(zip(names, reduce(s, step, names))) if names else {}
-        limit = NO_LIMIT
-        if first:  # α_0: nothing to adapt yet
-            alpha = self.lr
-            norm = scale * math.sqrt(sums.get("g_sq", 0.0))
-        elif retraced:  # (E7)
-            alpha = self.retrace_alpha(s["alpha"], sums["g_prev_sq"], f, s["f_prev"])
-            norm = math.sqrt(sums["g_prev_sq"])
-        else:  # (E1–E3)
-            alpha, limit = self.adapted_alpha(s["alpha"], sums["g_prev_sq"], scale * sums["inner"])
-            norm = scale * math.sqrt(sums["g_sq"]) if "g_sq" in sums else 0.0
-        s["alpha"], s["limit"] = self.limited_alpha(alpha, limit, norm, t, retraced)
-        self.account_period_(s, f, step.params, accepted=not retraced)
-        if not retraced:
-            s["f_prev"] = f
-        if first:
-            s["f_initial"] = f
-        s["step"], s["retraced"] = t, int(retraced)
+        fields, scale = self.elra_fields(
+            s, step.loss, lambda names, scale: self.host_sums(s, step, reduce, names, scale)
+        )
+        retraced = bool(fields["retraced"])
+        self.account_period_(s, step.loss, step.params, accepted=not retraced)
+        s.update(fields)
         return retraced, scale
 
     def _G(self, state, step):
@@ -330,73 +183,18 @@ class ELRA(_ELRABase):
     # -- the authors' January-2024 code (spec/elra.md#authors-code) -----------------------------
 
     def _F_authors_code_(self, state, step):
-        s, f, theta, n = state.stored, step.loss, step.params, state.structure.n
-        t = s["step"] + 1
-        if t == 1:  # the first call records f_0 and steps with the initial α
-            torch._foreach_copy_(s["x_prev"], theta)
-            torch._foreach_copy_(s["g_prev"], step.grad)
-            s.update(step=1, f_prev=f, f_initial=f, relaxed_best=f)
-            self.account_period_(s, f, theta, accepted=True)
-            return
-        best, error_damper, alpha_prev = s["relaxed_best"], s["error_damper"], s["alpha"]
-        if best < 0.0:
-            raise ObservationError(
-                "loss",
-                "convention='authors_code' takes √ of the relaxed best loss, which is negative here; the "
-                "January-2024 code fails the same way (spec/elra.md#authors-code): shift the loss by a constant",
-            )
-        tolerance = 25.0 + (2500.0 + 71.0 * math.sqrt(best)) / (1.0 + math.sqrt(error_damper))
-        start = n <= AUTHORS_SMALL_DIMENSION or f < 1.1 * s["f_initial"]
-        retraced = not (start and f < 1.1 * tolerance * best)
-        damper = s["growth_damper"]
-        if not retraced:
-            damper /= 3.9
-        elif damper > 1.0:
-            damper = 16.0 * damper if damper < 62500.0 else AUTHORS_GROWTH_DAMPER
-        else:
-            damper += 16.0
-        cap = 1e6 / (1.0 + damper)
-        g_prev = s["g_prev"]
-        g_prev_sq, inner = reduced_inner_products([(g_prev, g_prev), (step.grad, g_prev)])  # the one round
-        if retraced:
-            denominator = f - s["f_prev"] + alpha_prev * g_prev_sq
-            # the code divides unguarded; stepspec halves at an exact 0 instead of raising
-            alpha = alpha_prev * 0.5 * alpha_prev * g_prev_sq / denominator if denominator != 0.0 else 0.5 * alpha_prev
-        else:
-            shrink = (g_prev_sq - inner) / g_prev_sq if g_prev_sq > 0.0 else 1.0
-            if cap * shrink < 1.0:
-                alpha = alpha_prev * cap
-            elif n <= AUTHORS_SMALL_DIMENSION:
-                alpha = alpha_prev / shrink
-            else:
-                loss_term = max(0.0, min(0.7, ((2.35 / s["f_initial"]) ** 2 * best) ** 0.8))
-                alpha = alpha_prev / (shrink * (1.0 - 0.14 * loss_term))
-        alpha = min(max(alpha, self.lr_min), self.lr_max)
-        worse = not retraced and f > s["f_prev"]
-        if not worse:
-            error_damper /= 1.69
-        elif error_damper < 1.0:
-            error_damper += 16.0
-        elif error_damper < AUTHORS_ERROR_DAMPER:
-            error_damper *= 16.0  # tested before multiplying: E can reach just under 16 E_0
-        else:
-            error_damper = AUTHORS_ERROR_DAMPER
-        self.account_period_(s, f, theta, accepted=not retraced)
+        s, theta, alpha_prev = state.stored, step.params, state.stored["alpha"]
+        fields = self.authors_fields(
+            s, step.loss, state.structure.n, lambda names, scale: self.host_sums(s, step, self.eager_sums, names, scale)
+        )
+        retraced = bool(fields.get("retraced", 0))
+        self.account_period_(s, step.loss, theta, accepted=not retraced)
         torch._foreach_copy_(s["x_prev"], theta)
         if retraced:  # x_{t−1} rebuilt as x_t + α_{t−1} G_{t−1}
-            torch._foreach_add_(s["x_prev"], g_prev, alpha=alpha_prev)
+            torch._foreach_add_(s["x_prev"], s["g_prev"], alpha=alpha_prev)
         else:
             torch._foreach_copy_(s["g_prev"], step.grad)
-            s["f_prev"] = f
-        s.update(
-            step=t,
-            alpha=alpha,
-            retraced=int(retraced),
-            limit=ABSOLUTE_BOUND if alpha in (self.lr_min, self.lr_max) else NO_LIMIT,
-            growth_damper=damper,
-            error_damper=error_damper,
-            relaxed_best=f if f < best else 1.1 * best,
-        )
+        s.update(fields)
 
 
 # --------------------------------------------------------------------------- elra_lean
@@ -408,14 +206,12 @@ class LeanELRA(_ELRABase):
     sums of size ‖x‖‖G‖ as ω⟨x_{t−1}, G_t⟩ − ⟨x_t, G_t⟩ would (spec/elra.md#elra_lean, accuracy)."""
 
     algo = "elra_lean"
-    form_layouts = {"g_prev_sq": HOST, "grad_scale": HOST, "rejected_alpha": HOST}
+    own_fields = LEAN_FIELDS
 
     def initial_state(self, structure, params):
         return {
             **self.common_initial_state(structure, params),
-            "g_prev_sq": 0.0,
-            "grad_scale": 1.0,
-            "rejected_alpha": 0.0,
+            **self.lean_host_state(),
         }
 
     def _F_(self, state, step):
@@ -430,44 +226,15 @@ class LeanELRA(_ELRABase):
             return reduced_inner_products([(step.grad, step.grad)])
         return read_sums(lean_partials(s["x_prev"], step.params, step.grad, self.weight_decay), 2)
 
-    @staticmethod
-    def needed_sums(first: bool, retraced: bool) -> tuple[str, ...]:
-        """‖G_t‖² at the first step; nothing on a retrace (E7, E14: ‖G_{t−1}‖² is in the state); otherwise
-        ``LEAN_SUMS``: ⟨ω x_{t−1} − x_t, G_t⟩ and ‖G_t‖²."""
-        return ("g_sq",) if first else () if retraced else LEAN_SUMS
-
     def advance_host_(self, s: dict, step, reduce) -> tuple[bool, float]:
-        """Everything of F but the vector x_{t−1}: the retrace decision, the step's one round
-        ``reduce(s, step, names)`` (host floats), α (E1–E7, E13), the period statistics, the counters.
-        Returns (retraced, the gradient scale of E10)."""
-        f, theta = step.loss, step.params
-        t, scale, first = s["step"] + 1, self.gradient_scale(s), s["step"] == 0
-        retraced = not first and self.should_retrace(s, f)
-        alpha_prev, limit = s["alpha"], NO_LIMIT
-        names = self.needed_sums(first, retraced)
-        sums = dict(zip(names, reduce(s, step, names))) if names else {}
-        if first:
-            alpha, g_sq = self.lr, scale * scale * sums["g_sq"]
-        elif retraced:  # (E7, E14)
-            alpha, g_sq = self.retrace_alpha(alpha_prev, s["g_prev_sq"], f, s["f_prev"]), s["g_prev_sq"]
-        else:
-            inner = scale * sums["step_inner"] / alpha_prev  # (E13) ⟨G_{t−1}, G̃_t⟩
-            alpha, limit = self.adapted_alpha(alpha_prev, s["g_prev_sq"], inner)
-            g_sq = scale * scale * sums["g_sq"]
-        s["alpha"], s["limit"] = self.limited_alpha(alpha, limit, math.sqrt(g_sq), t, retraced)
-        self.account_period_(s, f, theta, accepted=not retraced)
-        if not retraced:
-            s["f_prev"] = f
-        if first:
-            s["f_initial"] = f
-        s.update(
-            step=t,
-            g_prev_sq=g_sq,
-            grad_scale=scale,
-            rejected_alpha=alpha_prev if retraced else 0.0,
-            retraced=int(retraced),
-        )
-        return retraced, scale
+        """Everything of F but the vector x_{t−1}: the host fields (``lean_fields``) around the step's one round
+        ``reduce(s, step, names)`` of ``LEAN_SUMS`` (host floats), and the period statistics. Returns (retraced,
+        the gradient scale of E10)."""
+        fields = self.lean_fields(s, step.loss, lambda names, scale: dict(zip(names, reduce(s, step, names))))
+        retraced = bool(fields["retraced"])
+        self.account_period_(s, step.loss, step.params, accepted=not retraced)
+        s.update(fields)
+        return retraced, fields["grad_scale"]
 
     def _retrace_target(self, s: dict, theta: list[torch.Tensor]) -> list[torch.Tensor]:
         """(E14) x_{t+1} = ω x_{t−1} − α_t (ω x_{t−1} − x_t)/α_rejected."""
@@ -523,8 +290,6 @@ def elra(
 ):
     """ELRA (paper 004, Sec. 3), the form that keeps G_{t−1}; ``lr`` (α_0) defaults to 1e-3, or to 1e-5
     with convention='authors_code'."""
-    if lr is None:
-        lr = AUTHORS_INITIAL_LR if convention == "authors_code" else PAPER_INITIAL_LR
     values = dict(locals())
     del values["dtype"], values["device"]
     hp = checked.elra("elra", values)

@@ -29,6 +29,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ...errors import HyperparameterError, StateError
 from .. import _hyperparameters as checked
+from .. import _metaoptimize_host as host
 from . import _fused
 from ._core import (
     COUNTER,
@@ -475,11 +476,7 @@ class _RowSparse(Layout):
         for r in rows:
             rest[r, ids] = 0
         if torch.any(rest != 0):
-            raise StateError(
-                name,
-                "must be zero outside column b(j) of weight j's rows: with hessian='free' or 'diagonal' every "
-                "state a run reaches has that pattern, and the torch backend stores only those entries",
-            )
+            raise host.off_row_sparse_pattern(name, "torch")
         return [structure.split(e) for e in entries]
 
     def clone(self, stored):
@@ -500,9 +497,7 @@ class _DiagonalBlocks(Layout):
         blocks = flat.reshape(3, m, m)
         diagonals = torch.diagonal(blocks, dim1=1, dim2=2)
         if torch.any(blocks - torch.diag_embed(diagonals) != 0):
-            raise StateError(
-                name, "must have diagonal blocks: with hessian='free' or 'diagonal' every state a run reaches does"
-            )
+            raise host.off_diagonal_blocks(name)
         return list(diagonals.clone())
 
     def clone(self, stored):
@@ -812,20 +807,16 @@ class _DenseRows:
 # --------------------------------------------------------------------------- constructor (the spec's signature)
 
 
+def _blocks_to_host(blocks):
+    """Block ids as a host float64 array, through the backend's tensor conversion (and its errors)."""
+    (ids,), _ = as_tensors("blocks", [blocks], HyperparameterError, torch.float64, "cpu")
+    return ids.numpy()
+
+
 def _check_blocks(blocks):
     """'scalar', 'weightwise', or integer block ids 0…m−1 (each used), one per weight: a CPU long tensor."""
-    if isinstance(blocks, str):
-        if blocks not in ("scalar", "weightwise"):
-            raise HyperparameterError("blocks", f"must be 'scalar', 'weightwise' or block ids, got {blocks!r}")
-        return blocks
-    (ids,), _ = as_tensors("blocks", [blocks], HyperparameterError, torch.float64, "cpu")
-    if ids.dim() != 1 or ids.numel() == 0 or torch.any(ids != torch.round(ids)) or ids.min() != 0:
-        raise HyperparameterError("blocks", "must be a vector of integer block ids starting at 0, one per weight")
-    ids = ids.long()
-    missing = sorted(set(range(int(ids.max()) + 1)) - set(ids.tolist()))
-    if missing:
-        raise HyperparameterError("blocks", f"block ids {missing} are used by no weight: the blocks must cover 0…m−1")
-    return ids
+    partition = host.block_partition(blocks, _blocks_to_host)
+    return partition if isinstance(partition, str) else torch.tensor(partition)
 
 
 def metaoptimize(
@@ -1020,15 +1011,15 @@ def _metaoptimize_scalars(optimizer, state, step, params, compile):
     Y_beta, Y_m, Y_v, C = _meta_rows(meta, s["Y"], identity, _RowSparseRows.rows, ZERO, optimizer.gamma, False)
     B = Y_beta if meta_first else C
     s.update(step=t, beta=meta.beta, alpha=alpha, meta_m=meta.m, meta_v=meta.v, Y=[Y_beta, Y_m, Y_v])
-    rho, lam = optimizer.rho, optimizer.lam
-    bias1, bias2 = 1 - rho**t, 1 - lam**t
+    k = host.moment_constants(optimizer.rho, optimizer.lam, t)
     return (
         alpha.reshape(()),
         dalpha.reshape(()) if isinstance(dalpha, torch.Tensor) else dalpha,
         B.reshape(()),
         optimizer.gamma,
         optimizer.kappa,
-        *(rho, lam, optimizer.c, optimizer.eps, bias1, bias2, rho / bias1, lam / bias2),
+        *(optimizer.rho, optimizer.lam, optimizer.c, optimizer.eps),
+        *(k["bias1"], k["bias2"], k["rho_bias1"], k["lam_bias2"]),
     )
 
 
