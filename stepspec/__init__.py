@@ -17,6 +17,7 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+SPEC_VERSION = "2026.12"
 
 __all__ = [
     "DivergenceError",
@@ -24,6 +25,7 @@ __all__ = [
     "NotationError",
     "Observation",
     "ObservationError",
+    "SPEC_VERSION",
     "SpectralRadiusWarning",
     "StateError",
     "StepSizeWarning",

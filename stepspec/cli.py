@@ -2,6 +2,7 @@
 
 stepspec conform --backend NAME [--algorithm ID] [--json PATH] ...   run the conformance suite
 stepspec spec [ALGORITHM | PAGE]                                      print a spec section (or page)
+stepspec report PATH... --html OUT [--markdown OUT]                   the conformance matrix of JSON reports
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import random
 import sys
 from pathlib import Path
 
-from . import __version__, spec
+from . import SPEC_VERSION, __version__, spec
 
 EXIT_CODES = """exit status: 0 every selected property passed; 1 a property failed; 4 a backend could not be
 loaded or is invalid, or the selection names nothing; 5 nothing was tested (the backend provides none of
@@ -95,9 +96,25 @@ def _spec(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from .conformance.matrix import ReportError, load_reports, matrix_html, matrix_markdown
+
+    try:
+        reports = load_reports(args.paths)
+    except ReportError as exc:
+        print(f"stepspec report: {exc}", file=sys.stderr)
+        return 2
+    outputs = [(args.html, matrix_html)] + ([(args.markdown, matrix_markdown)] if args.markdown else [])
+    for out, render in outputs:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(render(reports), encoding="utf-8")
+        print(f"stepspec report: wrote {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="stepspec", description="executable specification of adaptive optimizers")
-    parser.add_argument("--version", action="version", version=f"stepspec {__version__}")
+    parser.add_argument("--version", action="version", version=f"stepspec {__version__}, spec {SPEC_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     conform = commands.add_parser(
@@ -133,6 +150,18 @@ def main(argv=None) -> int:
     show = commands.add_parser("spec", help="print the spec of an algorithm or a page")
     show.add_argument("name", nargs="?", help="algorithm id (lm_rllc) or page (rllc, formalism)")
     show.set_defaults(run=_spec)
+
+    report = commands.add_parser(
+        "report",
+        help="the conformance matrix (algorithm × backend) of JSON reports",
+        description="Build the conformance matrix from the JSON reports the suite writes (--stepspec-json, "
+        "stepspec conform --json): one column per backend of each report, each cell linking to its rows.",
+        epilog="exit status: 0 written; 2 a file is missing or not a conformance report, or bad arguments.",
+    )
+    report.add_argument("paths", nargs="+", metavar="PATH", help="a JSON conformance report (repeatable)")
+    report.add_argument("--html", required=True, metavar="OUT", help="write the matrix as a standalone HTML page")
+    report.add_argument("--markdown", metavar="OUT", help="also write it as Markdown")
+    report.set_defaults(run=_report)
 
     args = parser.parse_args(argv)
     if args.command == "conform":

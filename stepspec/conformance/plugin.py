@@ -25,7 +25,7 @@ from ..backends.protocol import device_of
 from ..backends.registry import BackendError, expand, resolve
 from .assertions import CURRENT_TEST, ConformanceFailure, Record
 from .catalog import CATALOG
-from .report import SELF_CHECK, Report, RowId, RowResult
+from .report import SELF_CHECK, Report, RowId, RowResult, provenance
 from .strategies import PRECISION
 
 _QUIET_CHECKS = [
@@ -453,6 +453,7 @@ class ReportCollector:
                 "derandomized": profile.derandomize,
                 "seed": None if profile.derandomize else config.getoption("hypothesis_seed", default=None),
                 "backends": backend_names(config),
+                **provenance(),
             }
         )
 
@@ -479,6 +480,7 @@ class ReportCollector:
             )
         path = self.config.getoption("--stepspec-json")
         if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(self.report.as_json(order), encoding="utf-8")
             terminalreporter.write_line(f"stepspec: report written to {path}")
 

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
+import shlex
+import sys
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 
-from .. import __version__
+from .. import SPEC_VERSION, __version__
 
 STATUS_ORDER = ("failed", "xfailed", "passed", "absent", "skipped")
 """A row's status is the first of these among its tests' outcomes: one expected failure (a case of the errors
@@ -19,6 +25,52 @@ TESTED = ("failed", "passed", "xfailed")
 SELF_CHECK = "stepspec"
 """The backend column of the suite's own checks (tests that take no backend: stepspec's propagator
 builders and notation), reported apart from every backend's rows."""
+
+
+PROVENANCE = ("date", "python", "machine", "command")
+"""The header keys that say when, where and how a report was made (for the conformance matrix); reports
+written before them lack them, and readers must accept that."""
+
+
+def _cpu_name() -> str:
+    try:  # platform.processor() is empty or just the architecture on Linux
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_name() -> str | None:
+    """The first CUDA device, asked only of a torch the run already imported (importing it costs seconds)."""
+    torch = sys.modules.get("torch")
+    try:
+        return torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
+    except RuntimeError:  # a broken CUDA setup must not cost the report
+        return None
+
+
+def _command(argv: list[str]) -> str:
+    """The command as typed: ``python -m pytest …`` rather than the path of pytest's __main__.py."""
+    program = Path(argv[0])
+    words = ["python", "-m", program.parent.name] if program.name == "__main__.py" else [program.name]
+    return shlex.join([*words, *argv[1:]])
+
+
+def provenance(argv: list[str] | None = None) -> dict:
+    """Date (ISO 8601, UTC), Python version, machine and command of the run (header keys PROVENANCE)."""
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "gpu": _gpu_name(),
+        },
+        "command": _command(sys.argv if argv is None else argv),
+    }
 
 
 @dataclass(frozen=True)
@@ -197,7 +249,7 @@ class Report:
         return lines
 
     def as_text(self, algorithm_order) -> str:
-        header = ", ".join(f"{k}={v}" for k, v in self.header.items() if k != "backends")
+        header = ", ".join(f"{k}={v}" for k, v in self.header.items() if k not in ("backends", *PROVENANCE))
         lines = [f"stepspec conformance ({header})"]
         for backend in self.backends():
             lines += ["", *self._backend_text(backend, algorithm_order)]
@@ -236,6 +288,7 @@ class Report:
         return json.dumps(
             {
                 "stepspec": __version__,
+                "spec": SPEC_VERSION,
                 **self.header,
                 "summary": {b: self.counts(b) for b in self.backends()},
                 "rows": [row(r) for r in backend_rows],
