@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StepspecError
-from .catalog import CATALOG
+from ..reference import ALGORITHMS
 from .report import TESTED
 
 NOT_RECORDED = "not recorded"
@@ -134,9 +134,10 @@ def columns(reports) -> list[Column]:
 
 
 def algorithms(reports) -> list[str]:
-    """The catalog's algorithms in its order, then any a report names that the catalog does not."""
+    """The spec's algorithms in the reference's order, then any a report names that the spec does not. (The
+    reference's registry, not the suite's catalogue: building a matrix needs no hypothesis.)"""
     named = {row["algorithm"] for report in reports for row in report.rows}
-    return [a for a in CATALOG if a in named] + sorted(named - set(CATALOG))
+    return [a for a in ALGORITHMS if a in named] + sorted(named - set(ALGORITHMS))
 
 
 def cell(column: Column, algo: str) -> Cell | None:
